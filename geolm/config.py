@@ -1,0 +1,78 @@
+"""Frozen dataclass configs and their command-line flags, derived by one function.
+
+A config field carries its help in metadata: `opt(default, "help text", choices=...)`.
+`add_args(parser, Cfg)` makes `--field-name` flags; `from_args(Cfg, ns)` builds the validated config.
+Configs validate in __post_init__ and raise ConfigError naming the flag and the fix.
+"""
+import argparse
+import dataclasses
+import sys
+import typing
+
+from .errors import ConfigError
+
+
+def opt(default, help, choices=None, flag=True):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+
+
+def flag_name(name):
+    return "--" + name.replace("_", "-")
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what> (see --help)` on stderr, exit 2."""
+
+    def error(self, message):
+        print(f"error: {message} (run with --help for the list of flags)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _type_of(f, cls):
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def add_args(parser, cls, skip=()):
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("flag", True):
+            continue
+        t = _type_of(f, cls)
+        help_ = f.metadata.get("help", "")
+        if t is bool:
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_)
+            continue
+        if typing.get_origin(t) is typing.Union:  # Optional[X]
+            t = [a for a in typing.get_args(t) if a is not type(None)][0]
+        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: {f.default})",
+                            choices=f.metadata.get("choices"), metavar=f.name.upper() if t is not str else None)
+    return parser
+
+
+def from_args(cls, ns, **override):
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in vars(ns).items() if k in names}
+    kw.update(override)
+    return cls(**kw)
+
+
+def from_dict(cls, d):
+    """Build a config from a dict (e.g. a checkpoint's JSON); unknown keys are rejected by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; they come from another geolm version or model")
+    return cls(**d)
+
+
+def require(cond, flag, fix):
+    """Raise ConfigError(`--flag ...: fix`) unless cond."""
+    if not cond:
+        raise ConfigError(f"{flag_name(flag)}: {fix}")
+
+
+def positive(cfg, *names):
+    for n in names:
+        v = getattr(cfg, n)
+        require(v > 0, n, f"must be > 0, got {v}")

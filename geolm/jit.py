@@ -1,0 +1,15 @@
+"""The only Numba configuration in geolm: every kernel is `@njit` from here (cache=True, fastmath off).
+
+Kernels compile lazily on first call (no signatures), so `import geolm` never compiles anything.
+NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (used by tests for coverage).
+"""
+import numba
+
+njit = numba.njit(cache=True, fastmath=False, nogil=True)
+njit_parallel = numba.njit(cache=True, fastmath=False, nogil=True, parallel=True)
+prange = numba.prange
+
+
+def set_threads(n):
+    """Set Numba's thread count (bounded by its pool size)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
