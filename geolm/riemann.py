@@ -1,0 +1,373 @@
+"""Riemannian neural-ODE language model: Transformer encoder -> dz/dt = g(z)^-1 f(z) -> LayerNorm -> head.
+
+B batch . T time . D model (= d) . H heads . V vocab . R metric rank (= r) . S ODE steps . N = B*T tokens
+
+API (what other modules call)
+    cfg = RiemannConfig(dim=..., rank=..., n_vocab=tok.V, ...)   frozen, validated (ConfigError names the flag)
+    spec, theta = init_params(cfg, rng)                          flat float32 buffer + ParamSpec
+    p = spec.views(theta)
+    logits, out, cache = forward(p, ids, cfg)                    ids int [B,T] -> logits [N,V]; out: z0, zT, traj, aux
+    loss, stats, cache = loss_forward(p, ids, targets, cfg);  dp = loss_backward(cache)
+    loss, stats = loss_and_grads(theta, grad, batch, cfg, spec)  batch = (ids [B,T], targets [B,T]); fills grad
+    nll, n = eval_nll(theta, batch, cfg, spec)                   float64 summed NLL over targets != -1
+    logits = logits_last(p, ids, cfg)                            [B,V] at the last position only (generation)
+    fld = field_eval(z, p, cfg)                                  f, v = g^-1 f, U, logdet parts at points z [N,D]
+    field_forward(z, p, cfg) / field_backward(ddz, daux, cache)  the ODE field (geolm.ode protocol via partial)
+
+Model (spec 1.2-1.5). Per position, z0 = encoder(ids) (token + learned positions, causal pre-LN blocks),
+    dz/dt = v(z) = g(z)^-1 f(z),   g(z) = eps I + alpha U(z)^T U(z),   U(z) = MLP_U(z) reshaped [R,D]
+integrated by classical RK4 with S fixed steps on [0, 1] (geolm.ode, discrete adjoint), then
+    logits = LN(z_T) W_head + b   (W_head = wte^T when tied).
+With K = eps I_R + alpha U U^T (never a D x D matrix):
+    v = (f - alpha U^T K^-1 U f) / eps,   log det g = (D - R) log eps + log det K      (geolm.metric)
+Loss = CE + lambda_field * mean_tok sum_stages |f|^2 + lambda_metric * mean_{tok,stage} (log det g)^2
+(metric_penalty="batch_mean": lambda_metric * (mean_{tok,stage} log det g)^2 instead).
+Controls: metric="identity" (g = I, v = f: a Euclidean neural ODE, no U-MLP), no_ode=True (z_T = z0: the
+plain Transformer), metric="dense" (forms g [N,D,D], np.linalg.solve/slogdet, backward through the dense
+inverse: the original's algorithm, kept only as a benchmark/test baseline).
+Init: f-MLP last layer zero (the flow starts as the identity map), U-MLP last layer x0.01 (g ~ eps I).
+"""
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from .config import opt, positive, require
+from .embedding import embedding_backward, embedding_forward
+from .errors import ConfigError, NumericalError
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .losses import nll_sum, xent_backward, xent_forward
+from .mlp import mlp_backward, mlp_forward, mlp_init_, mlp_shapes
+from .params import ParamSpec, accumulate
+
+METRICS = ("lowrank", "identity", "dense")
+PENALTIES = ("point", "batch_mean")
+# fields that only mean something when the ODE runs; --no-ode with any of them changed is contradictory
+ODE_FIELDS = ("rank", "eps", "alpha", "hidden", "field_hidden", "ode_steps", "lambda_field", "lambda_metric",
+              "metric", "metric_penalty")
+
+
+@dataclasses.dataclass(frozen=True)
+class RiemannConfig:
+    """Architecture and loss of the Riemannian ODE LM (training/data flags live elsewhere)."""
+    vocab_size: int = opt(4096, "BPE vocabulary size to train (the model vocab adds UNK/PAD/EOS specials)")
+    dim: int = opt(128, "model width d (embeddings, encoder, ODE state)")
+    layers: int = opt(2, "Transformer encoder blocks")
+    heads: int = opt(4, "attention heads (must divide --dim)")
+    ff_mult: int = opt(4, "encoder feed-forward hidden = ff_mult * dim")
+    seq_len: int = opt(128, "context length T (learned positions)")
+    rank: int = opt(16, "metric rank r (1 <= r <= dim)")
+    eps: float = opt(0.1, "base stiffness eps of g = eps I + alpha U^T U (> 0)")
+    alpha: float = opt(1.0, "scale alpha of the low-rank part (>= 0)")
+    hidden: int = opt(64, "U-MLP hidden width h_U (d -> h_U -> r*d)")
+    field_hidden: int = opt(256, "f-MLP hidden width h_f (d -> h_f -> d)")
+    ode_steps: int = opt(4, "fixed RK4 steps on [0, 1]")
+    lambda_field: float = opt(1e-3, "weight of mean_tok sum_stages |f|^2")
+    lambda_metric: float = opt(1e-5, "weight of the (log det g)^2 penalty")
+    metric_penalty: str = opt("point", "(log det g)^2 per point, or the squared batch mean", choices=PENALTIES)
+    metric: str = opt("lowrank", "metric: lowrank (Woodbury), identity (g = I control), dense (benchmark baseline)",
+                      choices=METRICS)
+    no_ode: bool = opt(False, "skip the ODE (z_T = z0): the plain-Transformer control")
+    tie_head: bool = opt(True, "tie the output head to the token embedding")
+    n_vocab: int = opt(0, "model vocabulary size (set from the tokenizer)", flag=False)
+
+    def __post_init__(self):
+        positive(self, "vocab_size", "dim", "layers", "heads", "ff_mult", "seq_len", "hidden", "field_hidden",
+                 "ode_steps")
+        require(self.dim % self.heads == 0, "heads", f"must divide --dim {self.dim}, got {self.heads}")
+        require(self.eps > 0 and math.isfinite(self.eps), "eps", f"must be > 0, got {self.eps}")
+        require(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", f"must be >= 0, got {self.alpha}")
+        require(1 <= self.rank <= self.dim, "rank", f"must be in [1, --dim={self.dim}], got {self.rank}; "
+                f"lower --rank or raise --dim")
+        require(self.lambda_field >= 0, "lambda_field", f"must be >= 0, got {self.lambda_field}")
+        require(self.lambda_metric >= 0, "lambda_metric", f"must be >= 0, got {self.lambda_metric}")
+        require(self.metric in METRICS, "metric", f"choose one of {', '.join(METRICS)}, got {self.metric!r}")
+        require(self.metric_penalty in PENALTIES, "metric_penalty",
+                f"choose one of {', '.join(PENALTIES)}, got {self.metric_penalty!r}")
+        require(self.n_vocab >= 0, "vocab_size", f"model vocabulary must be >= 0, got {self.n_vocab}")
+        if self.no_ode:
+            changed = [f.name for f in dataclasses.fields(self)
+                       if f.name in ODE_FIELDS and getattr(self, f.name) != f.default]
+            if changed:
+                flags = ", ".join("--" + c.replace("_", "-") for c in changed)
+                raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
+                                  f"drop --no-ode or those flags")
+
+    @property
+    def V(self):
+        """Model vocabulary (n_vocab once set from the tokenizer, else vocab_size)."""
+        return self.n_vocab or self.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameters
+
+def field_shapes(cfg):
+    """{"f": mlp D->h_f->D, "U": mlp D->h_U->R*D (lowrank/dense only)}."""
+    D = cfg.dim
+    shapes = {"f": mlp_shapes(D, cfg.field_hidden, D)}
+    if cfg.metric != "identity":
+        shapes["U"] = mlp_shapes(D, cfg.hidden, cfg.rank * D)
+    return shapes
+
+
+def param_shapes(cfg):
+    from .transformer import encoder_shapes
+    D, V = cfg.dim, cfg.V
+    shapes = {"enc": encoder_shapes(V, cfg.seq_len, D, cfg.layers, cfg.ff_mult * D)}
+    if not cfg.no_ode:
+        shapes["field"] = field_shapes(cfg)
+    shapes["ln_f"] = {"w": (D,), "b": (D,)}
+    shapes["head"] = {"b": (V,)} if cfg.tie_head else {"w": (D, V), "b": (V,)}
+    return shapes
+
+
+def init_params(cfg, rng, dtype=np.float32):
+    """-> (spec, theta): encoder init, f last layer 0, U last layer x0.01, LN (1, 0), head Glorot (or tied)."""
+    from .transformer import encoder_init_
+    spec = ParamSpec(param_shapes(cfg))
+    theta = spec.zeros(dtype)
+    p = spec.views(theta)
+    encoder_init_(p["enc"], rng)
+    if not cfg.no_ode:
+        mlp_init_(p["field"]["f"], rng, last_scale=0.0)
+        if "U" in p["field"]:
+            mlp_init_(p["field"]["U"], rng, last_scale=0.01)
+    p["ln_f"]["w"][...] = 1.0
+    if not cfg.tie_head:
+        p["head"]["w"][...] = rng.normal(0.0, 0.02, size=p["head"]["w"].shape)
+    return spec, theta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the dense metric (benchmark/test baseline; forms D x D matrices on purpose)
+
+def dense_metric_forward(U, f, eps, alpha):
+    """U [N,R,D], f [N,D] -> (v = g^-1 f [N,D], logdet g [N], cache), g = eps I + alpha U^T U formed densely."""
+    D = f.shape[-1]
+    g = alpha * np.matmul(U.transpose(0, 2, 1), U)  # [N,D,R] @ [N,R,D] -> [N,D,D]
+    g += eps * np.eye(D, dtype=f.dtype)
+    sign, logdet = np.linalg.slogdet(g)  # [N]
+    if not np.all(sign > 0):
+        raise NumericalError(f"dense metric not positive definite (eps={eps}, alpha={alpha}, max |U|="
+                             f"{float(np.abs(U).max()):.3g}); raise --eps or lower --alpha")
+    v = np.linalg.solve(g, f[..., None])[..., 0]  # [N,D,D] \ [N,D,1] -> [N,D]
+    return v, logdet.astype(f.dtype), (U, g, v, alpha)
+
+
+def dense_metric_backward(dv, dlogdet, cache):
+    """-> (dU [N,R,D], df [N,D]) via the dense inverse: y = g^-1 dv; dg = -y v^T + dlogdet g^-1."""
+    U, g, v, alpha = cache
+    ginv = np.linalg.inv(g)  # [N,D,D] (symmetric)
+    y = np.matmul(ginv, dv[..., None])[..., 0]  # [N,D]; v = g^-1 f  =>  df = g^-T dv
+    dg = -y[:, :, None] * v[:, None, :]  # [N,D,D]
+    if dlogdet is not None:
+        dg += dlogdet[:, None, None] * ginv  # d log det g / dg = g^-T
+    # g = eps I + alpha U^T U  =>  dU = alpha U (dg + dg^T)
+    dU = alpha * np.matmul(U, dg + dg.transpose(0, 2, 1))  # [N,R,D] @ [N,D,D] -> [N,R,D]
+    return dU, y
+
+
+def _metric_ops(cfg):
+    if cfg.metric == "dense":
+        return dense_metric_forward, dense_metric_backward
+    from .metric import metric_solve_backward, metric_solve_forward
+    return metric_solve_forward, metric_solve_backward
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the field z -> g(z)^-1 f(z)  (geolm.ode protocol; bind cfg with functools.partial)
+
+def field_forward(z, p, cfg):
+    """z [N,D] -> (v [N,D], aux {"f2": |f|^2 [N], "logdet": log det g [N] (not for identity)}, cache)."""
+    f, cf = mlp_forward(z, p["f"])  # [N,D] -> [N,D]
+    aux = {"f2": np.einsum("nd,nd->n", f, f)}  # [N]
+    if cfg.metric == "identity":
+        return f, aux, (cf, None, None, cfg, f)
+    N, D = z.shape
+    u, cu = mlp_forward(z, p["U"])  # [N,D] -> [N,R*D]
+    U = u.reshape(N, cfg.rank, D)  # [N,R*D] -> [N,R,D]
+    solve_fwd, _ = _metric_ops(cfg)
+    v, logdet, cm = solve_fwd(U, f, cfg.eps, cfg.alpha)
+    aux["logdet"] = logdet
+    return v, aux, (cf, cu, cm, cfg, f)
+
+
+def field_backward(ddz, daux, cache):
+    """ddz [N,D], daux {name: [N]} (either may be None / missing) -> (dz [N,D], dp like p)."""
+    cf, cu, cm, cfg, f = cache
+    daux = daux or {}
+    if cfg.metric == "identity":
+        df = ddz.copy() if ddz is not None else np.zeros_like(f)
+        dU = None
+    else:
+        _, solve_bwd = _metric_ops(cfg)
+        dv = ddz if ddz is not None else np.zeros_like(f)
+        dU, df = solve_bwd(dv, daux.get("logdet"), cm)
+    if daux.get("f2") is not None:
+        df = df + 2.0 * daux["f2"][:, None] * f  # f2 = |f|^2
+    dz, dpf = mlp_backward(df, cf)
+    dp = {"f": dpf}
+    if dU is not None:
+        dzu, dpu = mlp_backward(dU.reshape(dU.shape[0], -1), cu)  # [N,R,D] -> [N,R*D]
+        dz += dzu
+        dp["U"] = dpu
+    return dz, dp
+
+
+def field_eval(z, p, cfg):
+    """Diagnostics at points z [N,D]: {"f", "v", "U" (None for identity), "logdet", "logdet_K", "logdet_const"}."""
+    f, _ = mlp_forward(z, p["f"])
+    if cfg.metric == "identity":
+        zero = np.zeros(z.shape[0], dtype=z.dtype)
+        return {"f": f, "v": f, "U": None, "logdet": zero, "logdet_K": zero, "logdet_const": 0.0}
+    N, D = z.shape
+    u, _ = mlp_forward(z, p["U"])
+    U = u.reshape(N, cfg.rank, D)
+    v, logdet, _ = _metric_ops(cfg)[0](U, f, cfg.eps, cfg.alpha)
+    const = (D - cfg.rank) * math.log(cfg.eps)
+    return {"f": f, "v": v, "U": U, "logdet": logdet, "logdet_K": logdet - const, "logdet_const": const}
+
+
+def _fields(cfg):
+    return functools.partial(field_forward, cfg=cfg), field_backward
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model
+
+def _check_ids(ids, cfg):
+    if ids.ndim != 2 or ids.shape[1] > cfg.seq_len or ids.shape[1] < 1:
+        raise ConfigError(f"model input must be ids [B,T] with 1 <= T <= --seq-len {cfg.seq_len}, got shape "
+                          f"{ids.shape}; crop the context or raise --seq-len")
+
+
+def _flow(z0, p, cfg):
+    """z0 [N,D] -> (zT, traj [S+1,N,D], aux {name: [S,4,N]}, ode cache or None)."""
+    if cfg.no_ode:
+        return z0, z0[None], {}, None
+    from .ode import rk4_forward
+    ff, _ = _fields(cfg)
+    return rk4_forward(ff, z0, p["field"], 0.0, 1.0, cfg.ode_steps)
+
+
+def _head_forward(zT, p, cfg):
+    """zT [N,D] -> (logits [N,V], cache)."""
+    h, cln = layernorm_forward(zT, **p["ln_f"])  # [N,D]
+    w = p["enc"]["wte"].T if cfg.tie_head else p["head"]["w"]  # [D,V]
+    logits, chead = linear_forward(h, w, p["head"]["b"])  # [N,D] -> [N,V]
+    return logits, (cln, chead)
+
+
+def _head_backward(dlogits, cache, cfg):
+    """-> (dzT [N,D], dp partial dict {"ln_f", "head", maybe "enc": {"wte"}})."""
+    cln, chead = cache
+    dh, dw, db = linear_backward(dlogits, chead)  # logits = h W + b
+    dzT, dlnw, dlnb = layernorm_backward(dh, cln)  # h = LN(zT)
+    dp = {"ln_f": {"w": dlnw, "b": dlnb}}
+    if cfg.tie_head:
+        dp["head"] = {"b": db}
+        dp["enc"] = {"wte": dw.T}  # W = wte^T
+    else:
+        dp["head"] = {"w": dw, "b": db}
+    return dzT, dp
+
+
+def forward(p, ids, cfg):
+    """ids int [B,T] -> (logits [N,V], out {"z0","zT" [N,D], "traj" [S+1,N,D], "aux" {name:[S,4,N]}}, cache)."""
+    from .transformer import encoder_forward
+    _check_ids(ids, cfg)
+    B, T = ids.shape
+    h, cenc = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T] -> [B,T,D]
+    z0 = h.reshape(B * T, cfg.dim)  # [B,T,D] -> [N,D]
+    zT, traj, aux, code = _flow(z0, p, cfg)
+    logits, chead = _head_forward(zT, p, cfg)
+    out = {"z0": z0, "zT": zT, "traj": traj, "aux": aux}
+    return logits, out, (cenc, code, chead, (B, T), cfg)
+
+
+def backward(dlogits, daux, cache):
+    """dlogits [N,V], daux {name: [S,4,N]} or None -> dp (nested like p; tied wte gets both gradients)."""
+    from .transformer import encoder_backward
+    cenc, code, chead, (B, T), cfg = cache
+    dzT, dp = _head_backward(dlogits, chead, cfg)
+    if cfg.no_ode:
+        dz0 = dzT
+    else:
+        from .ode import rk4_backward
+        ff, fb = _fields(cfg)
+        dz0, dpfield = rk4_backward(dzT, None, daux or None, code, ff, fb)
+        dp["field"] = dpfield
+    dpenc = encoder_backward(dz0.reshape(B, T, cfg.dim), cenc)  # z0 = h.reshape(N, D)
+    if "enc" in dp:  # tied head: wte is both the embedding and the output matrix
+        dpenc["wte"] = dpenc["wte"] + dp["enc"]["wte"]
+    dp["enc"] = dpenc
+    return dp
+
+
+def penalties(aux, cfg):
+    """-> (field penalty, metric penalty, daux {name: [S,4,N]} = d(penalties)/d aux)."""
+    daux, pen_f, pen_m = {}, 0.0, 0.0
+    if "f2" in aux:
+        f2 = aux["f2"]  # [S,4,N]
+        N = f2.shape[-1]
+        pen_f = cfg.lambda_field * float(np.sum(f2, dtype=np.float64)) / N
+        daux["f2"] = np.full_like(f2, cfg.lambda_field / N)
+    if "logdet" in aux:
+        ld = aux["logdet"]  # [S,4,N]
+        m = ld.size
+        if cfg.metric_penalty == "point":
+            pen_m = cfg.lambda_metric * float(np.sum(np.square(ld, dtype=np.float64))) / m
+            daux["logdet"] = (2.0 * cfg.lambda_metric / m) * ld
+        else:
+            mean = float(np.mean(ld, dtype=np.float64))
+            pen_m = cfg.lambda_metric * mean * mean
+            daux["logdet"] = np.full_like(ld, 2.0 * cfg.lambda_metric * mean / m)
+    return pen_f, pen_m, daux
+
+
+def loss_forward(p, ids, targets, cfg):
+    """ids, targets int [B,T] (target -1 = ignored) -> (loss float, stats dict, cache)."""
+    logits, out, cache = forward(p, ids, cfg)
+    ce, cx = xent_forward(logits, np.asarray(targets).reshape(-1))
+    pen_f, pen_m, daux = penalties(out["aux"], cfg)
+    stats = {"ce": ce, "pen_field": pen_f, "pen_metric": pen_m, "n": int(cx[3])}
+    if "logdet" in out["aux"]:
+        stats["logdet"] = float(np.mean(out["aux"]["logdet"], dtype=np.float64))
+    return ce + pen_f + pen_m, stats, (cache, cx, daux)
+
+
+def loss_backward(cache):
+    """-> dp, the gradient of loss_forward's loss (nested like p)."""
+    cfwd, cx, daux = cache
+    dlogits = xent_backward(1.0, cx)  # loss = CE + penalties(aux)
+    return backward(dlogits, daux, cfwd)
+
+
+def loss_and_grads(theta, grad, batch, cfg, spec):
+    """batch = (ids [B,T], targets [B,T]) -> (loss, stats); zeroes grad and fills it with d loss / d theta."""
+    ids, targets = batch
+    loss, stats, cache = loss_forward(spec.views(theta), ids, targets, cfg)
+    dp = loss_backward(cache)
+    grad[...] = 0.0
+    accumulate(spec.views(grad), dp)
+    return loss, stats
+
+
+def eval_nll(theta, batch, cfg, spec):
+    """-> (summed NLL in float64, number of targets) over targets != -1."""
+    ids, targets = batch
+    logits, _, _ = forward(spec.views(theta), ids, cfg)
+    return nll_sum(logits, np.asarray(targets).reshape(-1))
+
+
+def logits_last(p, ids, cfg):
+    """ids [B,T] -> logits [B,V] of the next token after each row (the ODE runs on the last position only)."""
+    from .transformer import encoder_forward
+    _check_ids(ids, cfg)
+    h, _ = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T,D]
+    z0 = np.ascontiguousarray(h[:, -1])  # [B,D]
+    zT = _flow(z0, p, cfg)[0]
+    return _head_forward(zT, p, cfg)[0]
