@@ -335,7 +335,7 @@ def loss_forward(p, ids, targets, cfg):
     pen_f, pen_m, daux = penalties(out["aux"], cfg)
     stats = {"ce": ce, "pen_field": pen_f, "pen_metric": pen_m, "n": int(cx[3])}
     if "logdet" in out["aux"]:
-        stats["logdet"] = float(np.mean(out["aux"]["logdet"], dtype=np.float64))
+        stats["train_logdet"] = float(np.mean(out["aux"]["logdet"], dtype=np.float64))
     return ce + pen_f + pen_m, stats, (cache, cx, daux)
 
 
