@@ -1,0 +1,293 @@
+"""Geometric token-coordinate LMs (spec 2.9): one ReLU MLP over frozen coordinates and/or one-hot ids.
+
+B batch . C context (8) . k coordinate dim . F dense feature width . J one-hot id slots . Vi input vocab
+(classes + PAD) . H hidden (--dim) . V output classes (incl. UNK)
+
+Every MLP model is MLP(F + J*Vi -> H -> V, ReLU) over [x (F frozen floats) + one-hot(id_1) + ... + one-hot(id_J)];
+the one-hot blocks are row lookups of the first-layer weight, never a one-hot matmul:
+    pre = x W1[:F] + sum_j W1[F + j*Vi + id_j] + b1;   h = relu(pre);   logits = h W2 + b2
+    backward: dW2 = h^T dlogits; db2 = sum_B dlogits; dpre = (dlogits W2^T) * [pre > 0];
+              dW1[:F] = x^T dpre; dW1[F + j*Vi + id_j] += dpre (scatter-add); db1 = sum_B dpre
+Frozen features, computed per batch from per-token tables (X: symmetric PPMI coords, PAD row 0):
+    abs        x = X[c_1] + ... + X[c_C]                               (+ = concatenation; C*k floats)
+    rot        x = Q_t X[c_j], j = 1..C, Q_t = R(X[t] -> e_k)          (rotation into the current token's frame)
+    rot_nbrs   x = Q_t X[c_j] + Q_t O[c_j],  O_v = sum_{u in N(v)} R(x_u -> x_v)(x_u - x_v)   (2*C*k floats)
+    successor  x = Xout[c_{C-n+1}] + ... + Xout[c_C]                   (directed-PPMI out-role coords)
+R(a -> b) = I + A + A^2/(1 + a.b), A = b a^T - a b^T (any k; geolm.rotation, spec 2.6). Coordinates are frozen,
+so the features are computed once per batch from the tables and need no backward.
+Loss: fused softmax cross-entropy computed in place on the logits buffer (`xent_inplace`), float32.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .embedding import _embedding_backward_nb
+from .errors import ConfigError
+from .mlp import mlp_init_, mlp_shapes
+from .rotation import offsets_transported, pole, rotation_matrix
+
+MLP_FEATURES = ("none", "abs", "rot", "rot_nbrs", "successor")
+
+
+# ---------------------------------------------------------------- loss
+
+def xent_inplace(logits, y):
+    """Mean softmax cross-entropy; OVERWRITES logits [B,V] with dloss/dlogits. -> (loss float, dlogits).
+
+    Five passes over [B,V], no [B,V] temporaries: max, shift, exp, row sums, scale (+ one-hot fix-up).
+    """
+    B = logits.shape[0]
+    rows = np.arange(B)
+    logits -= logits.max(axis=1, keepdims=True)  # [B,V] max entry 0 per row
+    zy = logits[rows, y].astype(np.float64)  # [B] shifted target logit
+    np.exp(logits, out=logits)  # [B,V] in (0, 1]
+    s = logits.sum(axis=1, dtype=np.float64)  # [B] >= 1
+    loss = float(np.sum(np.log(s) - zy)) / B
+    logits *= (1.0 / (s * B)).astype(logits.dtype)[:, None]  # softmax / B
+    logits[rows, y] -= 1.0 / B
+    return loss, logits
+
+
+def nll_rows(logits, y):
+    """Per-row NLL in float64 [B] from float32 logits [B,V] (does not modify logits)."""
+    m = logits.max(axis=1, keepdims=True)  # [B,1]
+    e = np.exp(logits - m)  # [B,V]
+    lse = np.log(e.sum(axis=1, dtype=np.float64)) + m[:, 0]  # [B]
+    return lse - logits[np.arange(logits.shape[0]), y]
+
+
+# ---------------------------------------------------------------- frozen geometry
+
+def frame_rotations(X):
+    """Q [Vi,k,k] float32, Q_v = R(X[v] -> e_k) (geolm.rotation); zero (PAD) rows get the identity."""
+    Vi, k = X.shape
+    norm = np.linalg.norm(X, axis=1)
+    Q = np.broadcast_to(np.eye(k), (Vi, k, k)).copy()
+    live = norm > 0.5
+    Q[live] = rotation_matrix(X[live] / norm[live, None], pole(k))  # [n,k,k]
+    return Q.astype(np.float32)
+
+
+def build_tables(X, nbr, pad_id, Xout=None, n_succ=2):
+    """Frozen per-token tables for `featurize` and the attention model.
+
+    X [V,k] unit coords of the classes, nbr [V,K] top-K neighbours (-1 padded), pad_id (>= V), Xout [V,k2] out-role
+    successor coords or None. Input tables get Vi = pad_id + 1 rows, PAD (and any extra id) rows zero.
+    """
+    V, k = X.shape
+    Vi = int(pad_id) + 1
+    Xi = np.zeros((Vi, k))
+    Xi[:V] = X
+    O = np.zeros((Vi, k), np.float32)
+    O[:V] = offsets_transported(np.asarray(X, np.float64), nbr)  # [V,k]
+    t = {"X": Xi.astype(np.float32), "Q": frame_rotations(Xi), "O": O, "nbr": np.asarray(nbr, np.int32),
+         "pad_id": int(pad_id), "n_succ": int(n_succ)}
+    if Xout is not None:
+        Xo = np.zeros((Vi, Xout.shape[1]), np.float32)
+        Xo[:V] = Xout
+        t["Xout"] = Xo
+    return t
+
+
+def featurize(kind, ctx, tables):
+    """Dense frozen features x [B,F] float32 for context ids ctx [B,C] (see module docstring)."""
+    B, C = ctx.shape
+    if kind == "none":
+        return np.zeros((B, 0), np.float32)
+    if kind == "abs":
+        return tables["X"][ctx].reshape(B, -1)  # [B,C,k] -> [B,C*k]
+    if kind == "successor":
+        n = tables["n_succ"]
+        return tables["Xout"][ctx[:, C - n:]].reshape(B, -1)  # [B,n,k] -> [B,n*k]
+    Q = tables["Q"][ctx[:, -1]]  # [B,k,k] frame of the current token
+    xr = np.matmul(tables["X"][ctx], Q.transpose(0, 2, 1))  # [B,C,k] @ [B,k,k] -> [B,C,k] = Q x
+    if kind == "rot":
+        return xr.reshape(B, -1)
+    if kind == "rot_nbrs":
+        orr = np.matmul(tables["O"][ctx], Q.transpose(0, 2, 1))  # [B,C,k]
+        return np.concatenate([xr, orr], axis=2).reshape(B, -1)  # [B,C,2k] -> [B,2Ck]
+    raise ValueError(f"unknown feature kind {kind!r}; one of {MLP_FEATURES}")
+
+
+def feature_width(kind, C, k, n_succ=0, k_succ=0):
+    return {"none": 0, "abs": C * k, "rot": C * k, "rot_nbrs": 2 * C * k, "successor": n_succ * k_succ}[kind]
+
+
+# ---------------------------------------------------------------- MLP over features + row lookups
+
+def mlp_lm_shapes(F, J, Vi, H, V):
+    """MLP(F + J*Vi -> H -> V): fc1.w rows [0, F) dense, then J one-hot blocks of Vi rows."""
+    return mlp_shapes(F + J * Vi, H, V)
+
+
+def mlp_lm_init_(p, rng):
+    mlp_init_(p, rng)
+
+
+def lookup_rows(ids, F, Vi):
+    """Row indices into fc1.w for one-hot slots: ids [B,J] -> [B,J] int64 (F + j*Vi + id)."""
+    return F + np.arange(ids.shape[1], dtype=np.int64) * Vi + ids
+
+
+def mlp_lm_forward(x, rows, p):
+    """x [B,F] float (F may be 0), rows [B,J] int fc1.w row ids -> (logits [B,V], cache)."""
+    w1, b1 = p["fc1"]["w"], p["fc1"]["b"]
+    w2, b2 = p["fc2"]["w"], p["fc2"]["b"]
+    F = x.shape[1]
+    if F:
+        pre = np.matmul(x, w1[:F])  # [B,F] @ [F,H] -> [B,H]
+    else:
+        pre = np.zeros((x.shape[0], w1.shape[1]), w1.dtype)
+    for j in range(rows.shape[1]):
+        pre += np.take(w1, rows[:, j], axis=0)  # [B,H] row lookups = one-hot @ W1 block
+    pre += b1
+    h = np.maximum(pre, 0.0, out=pre)  # [B,H] relu, in place
+    logits = np.matmul(h, w2)  # [B,H] @ [H,V] -> [B,V]
+    logits += b2
+    return logits, (x, rows, h, w1, w2)
+
+
+def mlp_lm_backward_into(dlogits, cache, dp):
+    """Fill ZEROED grad views dp (p's nesting) from dlogits [B,V]; returns dx [B,F]."""
+    x, rows, h, w1, w2 = cache
+    F = x.shape[1]
+    # logits = h W2 + b2
+    np.matmul(h.T, dlogits, out=dp["fc2"]["w"])  # [H,B] @ [B,V] -> [H,V]
+    dlogits.sum(axis=0, out=dp["fc2"]["b"])  # [V]
+    dpre = np.matmul(dlogits, w2.T)  # [B,V] @ [V,H] -> [B,H]
+    # h = relu(pre)
+    dpre *= h > 0.0
+    dpre.sum(axis=0, out=dp["fc1"]["b"])  # [H]
+    dw1 = dp["fc1"]["w"]
+    # pre = x W1[:F] + sum_j W1[rows_j]
+    if F:
+        np.matmul(x.T, dpre, out=dw1[:F])  # [F,B] @ [B,H] -> [F,H]
+    for j in range(rows.shape[1]):
+        _embedding_backward_nb(dw1, np.ascontiguousarray(rows[:, j]), dpre)  # scatter-add rows
+    return np.matmul(dpre, w1[:F].T) if F else np.zeros_like(x)  # [B,H] @ [H,F] -> [B,F]
+
+
+def mlp_lm_backward(dlogits, cache):
+    """Pure form: -> (dx [B,F], dp) with freshly allocated grads."""
+    _, _, h, w1, w2 = cache
+    dp = {"fc1": {"w": np.zeros_like(w1), "b": np.zeros(w1.shape[1], w1.dtype)},
+          "fc2": {"w": np.zeros_like(w2), "b": np.zeros(w2.shape[1], w2.dtype)}}
+    dx = mlp_lm_backward_into(dlogits, cache, dp)
+    return dx, dp
+
+
+def mlp_lm_loss_and_grads(p, dp, x, rows, y):
+    """Mean xent of the MLP LM; dp = zeroed grad views (filled). -> loss float."""
+    logits, cache = mlp_lm_forward(x, rows, p)
+    loss, dlogits = xent_inplace(logits, y)
+    mlp_lm_backward_into(dlogits, cache, dp)
+    return loss
+
+
+
+# ---------------------------------------------------------------- model catalogue
+
+# name: (kind, features, n_ids, full attention, frozen table set)
+MODELS = {
+    "trigram": ("mlp", "none", 2, False, "sym"),
+    "neural_bigram": ("mlp", "none", 1, False, "sym"),
+    "geo_abs": ("mlp", "abs", 0, False, "sym"),
+    "geo_rot": ("mlp", "rot", 0, False, "sym"),
+    "geo_rot_nbrs": ("mlp", "rot_nbrs", 0, False, "sym"),
+    "hybrid": ("mlp", "abs", 2, False, "sym"),
+    "geo_shuffled": ("mlp", "abs", 0, False, "sym_shuffled"),
+    "geo_successor": ("mlp", "successor", 0, False, "succ"),
+    "geo_successor_shuffled": ("mlp", "successor", 0, False, "succ_shuffled"),
+    "geo_attention": ("attn", "none", 0, False, "sym"),
+    "geo_attention_full": ("attn", "none", 0, True, "sym"),
+}
+
+
+@dataclass(frozen=True)
+class GeoModelConfig:
+    """One trained geometric model's shape. Vi = input ids (classes + PAD), V = classes, H = hidden = d."""
+
+    name: str
+    Vi: int
+    V: int
+    H: int = 64
+    C: int = 8
+    k: int = 3
+    n_succ: int = 2
+    k_succ: int = 32
+
+    def __post_init__(self):
+        if self.name not in MODELS:
+            raise ConfigError(f"unknown geometric model {self.name!r}; choose from {', '.join(MODELS)}")
+
+    @property
+    def kind(self):
+        return MODELS[self.name][0]
+
+    @property
+    def features(self):
+        return MODELS[self.name][1]
+
+    @property
+    def n_ids(self):
+        return MODELS[self.name][2]
+
+    @property
+    def full(self):
+        return MODELS[self.name][3]
+
+    @property
+    def table_set(self):
+        return MODELS[self.name][4]
+
+    @property
+    def F(self):
+        return feature_width(self.features, self.C, self.k, self.n_succ, self.k_succ)
+
+
+def model_shapes(mc):
+    if mc.kind == "attn":
+        from .geo_attention_model import attn_lm_shapes
+        return attn_lm_shapes(mc.Vi, mc.H, mc.H, mc.V, mc.C, mc.full)
+    return mlp_lm_shapes(mc.F, mc.n_ids, mc.Vi, mc.H, mc.V)
+
+
+def model_init_(mc, p, rng):
+    if mc.kind == "attn":
+        from .geo_attention_model import attn_lm_init_
+        return attn_lm_init_(p, rng)
+    return mlp_lm_init_(p, rng)
+
+
+def model_forward(mc, tables, p, ctx):
+    """ctx [B,C] int context ids -> (logits [B,V] in p's dtype, cache)."""
+    if mc.kind == "attn":
+        from .geo_attention_model import attn_lm_forward
+        return attn_lm_forward(ctx, p, tables["nbr"], tables["pad_id"], mc.full)
+    x = featurize(mc.features, ctx, tables)
+    dt = p["fc2"]["w"].dtype
+    if x.dtype != dt:
+        x = x.astype(dt)
+    rows = lookup_rows(ctx[:, ctx.shape[1] - mc.n_ids:], mc.F, mc.Vi)  # [B,J]
+    return mlp_lm_forward(x, rows, p)
+
+
+def model_backward_into(mc, dlogits, cache, dp):
+    if mc.kind == "attn":
+        from .geo_attention_model import attn_lm_backward_into
+        return attn_lm_backward_into(dlogits, cache, dp)
+    mlp_lm_backward_into(dlogits, cache, dp)
+
+
+def model_loss_and_grads(mc, tables, p, dp, ctx, y):
+    """Mean xent over the batch; dp = ZEROED grad views (filled with d mean loss / d p). -> loss float."""
+    logits, cache = model_forward(mc, tables, p, ctx)
+    loss, dlogits = xent_inplace(logits, y)
+    model_backward_into(mc, dlogits, cache, dp)
+    return loss
+
+
+def model_nll(mc, tables, p, ctx, y):
+    """Summed float64 NLL over the batch -> (nll_sum, n)."""
+    logits, _ = model_forward(mc, tables, p, ctx)
+    return float(nll_rows(logits, y).sum()), int(len(y))
