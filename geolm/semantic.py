@@ -271,3 +271,149 @@ def plot_limits(traj2d, pad=0.08):
     span = np.maximum(hi - lo, 1e-6)
     lo, hi = lo - pad * span, hi + pad * span
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+# ----------------------------------------------------------------------------- running a Riemannian model
+
+def sample_positions(stories, n, seed=0, end_frac=0.125):
+    """Pick n (story, position) pairs from token-id stories: ~end_frac of them at a story's last token (where
+    the next token is the end of the story, so 'end' predictions can appear), the rest uniform over tokens.
+
+    -> (story index [n] int, position [n] int). Deterministic in seed.
+    """
+    lens = np.array([len(s) for s in stories], dtype=np.int64)
+    if lens.size == 0 or lens.sum() == 0:
+        raise DataError("no validation tokens to sample trajectories from; pass --val-data with stories")
+    rng = np.random.default_rng([int(seed), 7])
+    n_end = int(round(n * end_frac))
+    nonempty = np.flatnonzero(lens > 0)
+    si_end = rng.choice(nonempty, size=n_end, replace=nonempty.size < n_end)
+    pos_end = lens[si_end] - 1
+    flat = rng.choice(int(lens.sum()), size=n - n_end, replace=int(lens.sum()) < n - n_end)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    si = np.searchsorted(starts, flat, side="right") - 1
+    pos = flat - starts[si]
+    return np.concatenate([si_end, si]).astype(np.int64), np.concatenate([pos_end, pos]).astype(np.int64)
+
+
+def context_batch(stories, story_idx, pos, T, pad_id):
+    """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i] (right-padded with
+    pad_id, which a causal encoder never reads at earlier positions). -> (ids [n,T] int32, col [n] int)."""
+    n = len(story_idx)
+    ids = np.full((n, T), pad_id, dtype=np.int32)
+    col = np.empty(n, dtype=np.int64)
+    for i, (s, t) in enumerate(zip(story_idx, pos)):     # n ~ 200 rows: a loop over samples, not tokens
+        toks = np.asarray(stories[s])
+        start = max(0, int(t) - T + 1)
+        w = toks[start:start + T]
+        ids[i, :len(w)] = w
+        col[i] = int(t) - start
+    return ids, col
+
+
+def run_trajectories(theta, cfg, spec, ids, col):
+    """Encoder on ids [n,T], then the ODE on the n chosen positions only.
+
+    -> dict(z0 [n,D], zT [n,D], traj [S+1,n,D], pred [n] int (head argmax at z_T)), float64 copies.
+    """
+    from . import riemann
+    from .transformer import encoder_forward
+
+    p = spec.views(theta)
+    h, _ = encoder_forward(ids, p["enc"], cfg.heads)                 # [n,T] -> [n,T,D]
+    z0 = np.ascontiguousarray(h[np.arange(len(col)), col])          # [n,D]
+    zT, traj, _, _ = riemann._flow(z0, p, cfg)                        # [n,D], [S+1,n,D]
+    logits = riemann._head_forward(zT, p, cfg)[0]                     # [n,V]
+    return {"z0": z0.astype(np.float64), "zT": np.asarray(zT, dtype=np.float64),
+            "traj": np.asarray(traj, dtype=np.float64), "pred": np.argmax(logits, axis=1)}
+
+
+def logdet_landscape(theta, cfg, spec, points, chunk=256):
+    """log det g at points [M,D] (float64 [M]); None for the identity metric or the no-ODE control."""
+    from . import riemann
+
+    if cfg.no_ode or cfg.metric == "identity":
+        return None
+    p = spec.views(theta)
+    dt = theta.dtype
+    out = np.empty(points.shape[0])
+    for i in range(0, points.shape[0], chunk):                       # chunks bound the [m,R*D] U-MLP output
+        z = np.ascontiguousarray(points[i:i + chunk], dtype=dt)
+        out[i:i + chunk] = riemann.field_eval(z, p["field"], cfg)["logdet"]
+    return out
+
+
+def label_tokens(tok, pred, lexicon):
+    """Decoded endpoint tokens and their classes: -> (words list[str], labels array[str])."""
+    words, labels = [], []
+    for t in np.asarray(pred).tolist():
+        if t == getattr(tok, "eos_id", None):
+            words.append("<end>")
+            labels.append("end")
+            continue
+        w = tok.decode([t])
+        words.append(w.strip())
+        labels.append(word_class(w, lexicon))
+    return words, np.array(labels)
+
+
+def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
+                 k=10, grid_n=48, dpi=220, title=""):
+    """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
+    full-dimension cluster statistics and (if path) draw the map.
+
+    stories: list of model-id int arrays; tok: .decode(ids), .eos_id, .pad_id; control: optional
+    (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
+    Returns dict(stats={name: endpoint_stats}, counts={class: n}, control_counts, words, labels, png, n).
+    """
+    lexicon = load_lexicon() if lexicon is None else lexicon
+    si, pos = sample_positions(stories, n, seed=seed)
+    ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.pad_id)
+    run = run_trajectories(theta, cfg, spec, ids, col)
+    words, labels = label_tokens(tok, run["pred"], lexicon)
+    stats = class_stats({"z_T": run["zT"], "z_0": run["z0"]}, labels, k=k)
+    out = {"n": int(n), "counts": {c: int((labels == c).sum()) for c in CLASSES}, "words": words,
+           "labels": labels.tolist(), "png": None}
+    if control is not None:
+        c_theta, c_cfg, c_spec = control
+        c_ids, c_col = context_batch(stories, si, pos, c_cfg.seq_len, tok.pad_id)
+        c_run = run_trajectories(c_theta, c_cfg, c_spec, c_ids, c_col)
+        _, c_labels = label_tokens(tok, c_run["pred"], lexicon)
+        c_stats = class_stats({"control z_T": c_run["zT"], "control z_0": c_run["z0"]}, c_labels, k=k)
+        stats.update(c_stats)
+        out["control_counts"] = {c: int((c_labels == c).sum()) for c in CLASSES}
+    out["stats"] = stats
+    if path is not None:
+        _, comps, mean = pca_2d(run["zT"])
+        traj2d = project(run["traj"], comps, mean)                   # [S+1,n,D] -> [S+1,n,2]
+        lim = plot_limits(traj2d)
+        a, b, pts = plane_grid(comps, mean, lim, n=grid_n)
+        L = logdet_landscape(theta, cfg, spec, pts)
+        grid = None if L is None else (a, b, L.reshape(grid_n, grid_n))
+        st = stats["z_T"]
+        ttl = title or (f"semantic map: {n} trajectories, {cfg.ode_steps} RK4 steps, metric {cfg.metric}, "
+                        f"r={cfg.rank}; z_T silhouette {st['silhouette']:.3f}, kNN purity {st['knn_purity']:.3f}")
+        out["png"] = draw_semantic_map(path, traj2d, labels, words, grid=grid, title=ttl, dpi=dpi)
+    return out
+
+
+def model_from_checkpoint(ck):
+    """A loaded Riemannian checkpoint (geolm.checkpoint.Checkpoint) -> (theta, cfg, spec)."""
+    from . import riemann
+    from .config import from_dict
+    from .errors import CheckpointError
+    from .params import ParamSpec
+
+    if ck.family not in (None, "riemann"):
+        raise CheckpointError(f"checkpoint {ck.path} is a {ck.family} model, not riemann; pass a checkpoint "
+                              f"written by examples/train_riemann.py")
+    try:
+        cfg = from_dict(riemann.RiemannConfig, dict(ck.meta.get("cfg", {})))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ck.path} has an unreadable RiemannConfig ({e}); pass a checkpoint "
+                              f"written by this geolm version") from e
+    spec = ParamSpec(riemann.param_shapes(cfg))
+    if spec.size != ck.theta.shape[0]:
+        raise CheckpointError(f"checkpoint {ck.path} holds {ck.theta.shape[0]} parameters but its config needs "
+                              f"{spec.size}; the file does not match its own config, re-save it")
+    return ck.theta, cfg, spec

@@ -166,3 +166,93 @@ def test_draw_semantic_map(tmp_path, rng):
     assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 5000
     semantic.draw_semantic_map(tmp_path / "nogrid.png", traj, labels, words, grid=None, dpi=60)
     assert semantic.plot_limits(traj)[0] < traj[..., 0].min()
+
+
+class _FakeTok:
+    """Word-level stand-in for the BPE tokenizer: ids -> ' word'."""
+
+    def __init__(self, V):
+        base = ["tree", "boat", "garden", "smiled", "played", "decided", "the", "and", "a", "."]
+        self.words = [base[i % len(base)] for i in range(V - 3)] + ["<unk>", "<pad>", "<|endoftext|>"]
+        self.unk_id, self.pad_id, self.eos_id = V - 3, V - 2, V - 1
+        self.V = V
+
+    def decode(self, ids):
+        return "".join(" " + self.words[i] for i in ids)
+
+
+def _tiny_model(rng, metric="lowrank", no_ode=False, scale=0.3):
+    from geolm import riemann
+    kw = {} if no_ode else dict(rank=3, hidden=8, field_hidden=16, ode_steps=2, metric=metric)
+    cfg = riemann.RiemannConfig(vocab_size=40, n_vocab=40, dim=12, layers=1, heads=2, ff_mult=2, seq_len=16,
+                                no_ode=no_ode, **kw)
+    spec, theta = riemann.init_params(cfg, rng)
+    theta += (scale * rng.normal(size=theta.shape)).astype(theta.dtype)  # move off the identity-flow init
+    return theta, cfg, spec
+
+
+def _stories(rng, n=12):
+    return [rng.integers(0, 37, size=rng.integers(3, 40)).astype(np.int32) for _ in range(n)]
+
+
+def test_sample_positions_and_context(rng):
+    st = _stories(rng)
+    si, pos = semantic.sample_positions(st, 40, seed=3)
+    assert si.shape == pos.shape == (40,)
+    assert all(0 <= p < len(st[s]) for s, p in zip(si, pos))
+    assert np.all(pos[:5] == np.array([len(st[s]) - 1 for s in si[:5]]))  # end stratum first
+    si2, pos2 = semantic.sample_positions(st, 40, seed=3)
+    assert np.array_equal(si, si2) and np.array_equal(pos, pos2)
+    ids, col = semantic.context_batch(st, si, pos, 16, pad_id=38)
+    for i, (s, p) in enumerate(zip(si, pos)):
+        assert ids[i, col[i]] == st[s][p]
+        w = ids[i, :col[i] + 1]
+        assert np.array_equal(w, st[s][p - col[i]:p + 1])
+    with pytest.raises(DataError):
+        semantic.sample_positions([np.zeros(0, np.int32)], 5)
+
+
+def test_semantic_map_end_to_end(tmp_path, rng):
+    theta, cfg, spec = _tiny_model(rng)
+    ctrl = _tiny_model(rng, metric="identity")
+    tok = _FakeTok(40)
+    res = semantic.semantic_map(theta, cfg, spec, tok, _stories(rng), path=tmp_path / "m.png", n=30, seed=1,
+                                control=ctrl, k=5, grid_n=10, dpi=60)
+    assert (tmp_path / "m.png").stat().st_size > 5000
+    assert sum(res["counts"].values()) == 30 and sum(res["control_counts"].values()) == 30
+    assert {"z_T", "z_0", "control z_T", "control z_0", "z_T/all"} <= set(res["stats"])
+    assert res["stats"]["z_T/all"]["n"] == 30
+    assert len(res["words"]) == 30 and set(res["labels"]) <= set(semantic.CLASSES)
+
+
+def test_run_trajectories_matches_full_forward(rng):
+    from geolm import riemann
+    theta, cfg, spec = _tiny_model(rng)
+    ids = rng.integers(0, 37, size=(3, 16)).astype(np.int32)
+    col = np.array([0, 7, 15])
+    run = semantic.run_trajectories(theta, cfg, spec, ids, col)
+    logits, out, _ = riemann.forward(spec.views(theta), ids, cfg)
+    rows = np.arange(3) * 16 + col
+    np.testing.assert_allclose(run["zT"], out["zT"][rows], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run["traj"], out["traj"][:, rows], rtol=1e-4, atol=1e-5)
+    assert np.array_equal(run["pred"], logits[rows].argmax(1))
+    assert run["traj"].shape == (cfg.ode_steps + 1, 3, cfg.dim)
+
+
+def test_logdet_landscape(rng):
+    from geolm import riemann
+    theta, cfg, spec = _tiny_model(rng)
+    pts = rng.normal(size=(7, cfg.dim))
+    L = semantic.logdet_landscape(theta, cfg, spec, pts, chunk=3)
+    p = spec.views(theta)["field"]
+    U = riemann.field_eval(pts.astype(np.float32), p, cfg)["U"].astype(np.float64)
+    g = cfg.eps * np.eye(cfg.dim) + cfg.alpha * np.einsum("nrd,nre->nde", U, U)
+    np.testing.assert_allclose(L, np.linalg.slogdet(g)[1], rtol=1e-4, atol=1e-3)
+    assert semantic.logdet_landscape(*_tiny_model(rng, metric="identity"), pts) is None
+
+
+def test_semantic_map_no_ode_control(tmp_path, rng):
+    theta, cfg, spec = _tiny_model(rng, no_ode=True)
+    res = semantic.semantic_map(theta, cfg, spec, _FakeTok(40), _stories(rng), path=tmp_path / "n.png", n=12,
+                                grid_n=6, dpi=50)
+    assert res["png"] and res["stats"]["z_T/all"]["n"] == 12
