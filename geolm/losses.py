@@ -31,12 +31,9 @@ def _check_targets(logits, targets, ignore_index):
     return keep
 
 
-def _log_softmax_parts(logits):
-    """-> (shifted z - max [N,V], exp of it [N,V], log sum exp of shifted [N])."""
-    z = logits - logits.max(axis=1, keepdims=True)  # [N,V], max entry 0 per row
-    e = np.exp(z)  # [N,V] in (0, 1]
-    s = e.sum(axis=1)  # [N] >= 1
-    return z, e, np.log(s)
+def _shifted_logits(logits):
+    """-> z = logits - rowmax [N,V] (a new array; max entry 0 per row, so exp(z) <= 1)."""
+    return logits - logits.max(axis=1, keepdims=True)  # [N,V]
 
 
 def xent_forward(logits, targets, ignore_index=-1):
@@ -45,10 +42,13 @@ def xent_forward(logits, targets, ignore_index=-1):
     n = int(keep.sum())
     N = logits.shape[0]
     t = np.where(keep, targets, 0)  # [N] safe gather index
-    z, e, log_s = _log_softmax_parts(logits)
-    nll = log_s - z[np.arange(N), t]  # [N] = lse - z_t
+    z = _shifted_logits(logits)  # [N,V]
+    zt = z[np.arange(N), t]  # [N] target logit (shifted), gathered before exp overwrites z
+    e = np.exp(z, out=z)  # [N,V] in (0, 1], in place: one N x V buffer in all
+    s = e.sum(axis=1)  # [N] >= 1
+    nll = np.log(s) - zt  # [N] = lse - z_t
     loss = float(np.sum(nll[keep], dtype=np.float64)) / n if n else 0.0
-    e /= np.exp(log_s)[:, None]  # [N,V] softmax, reused by backward
+    e /= s[:, None]  # [N,V] softmax, kept for backward
     return loss, (e, t, keep, n)
 
 
@@ -70,8 +70,8 @@ def nll_sum(logits, targets, ignore_index=-1):
     lg = np.asarray(logits[keep], dtype=np.float64)  # [n,V]
     if lg.shape[0] == 0:
         return 0.0, 0
-    z, _, log_s = _log_softmax_parts(lg)
-    nll = log_s - z[np.arange(lg.shape[0]), targets[keep]]  # [n]
+    z = _shifted_logits(lg)  # [n,V]
+    nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(lg.shape[0]), targets[keep]]  # [n] = lse - z_t
     return float(nll.sum()), int(lg.shape[0])
 
 
