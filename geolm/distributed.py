@@ -13,6 +13,7 @@ Every rank then sees the same g and takes the same optimiser step (guard and cli
 launcher (PMI_SIZE / OMPI_COMM_WORLD_SIZE / PMIX_RANK in the environment) and the world has > 1 rank.
 GEOLM_MPI=0 forces one process; GEOLM_MPI=1 forces trying mpi4py.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -153,24 +154,47 @@ def root_only(comm, fn, *args, **kwargs):
     return res
 
 
+def default_threads(comm=None):
+    """cores available to this process // ranks on this node (at least 1)."""
+    comm = comm or get_comm()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(comm.local_size, int(os.environ.get("MPI_LOCALNRANKS", "1") or 1)) if comm.is_mpi else 1
+    return max(1, cores // local)
+
+
 def configure_threads(n=0, comm=None):
     """Set BLAS (threadpoolctl) and Numba threads to n, or to cores // ranks-on-this-node when n == 0.
 
-    Returns the thread count used. Called once per fit; mpiexec -n 2 on 2 cores then runs 1 thread per rank.
+    Returns the thread count used. The limit stays until the next call (use `thread_limit` to restore).
+    mpiexec -n 2 on 2 cores thus runs 1 thread per rank, without oversubscription.
     """
-    comm = comm or get_comm()
-    if n <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local = max(comm.local_size, int(os.environ.get("MPI_LOCALNRANKS", "1") or 1)) if comm.is_mpi else 1
-        n = max(1, cores // local)
     global _LIMITER
     from threadpoolctl import threadpool_limits
 
-    _LIMITER = threadpool_limits(limits=int(n))  # kept alive: the limit stays until the next call
     from .jit import set_threads
 
+    n = int(n) if n and n > 0 else default_threads(comm)
+    _LIMITER = threadpool_limits(limits=n)  # kept alive: the limit stays until the next call
     set_threads(n)
-    return int(n)
+    return n
+
+
+@contextlib.contextmanager
+def thread_limit(n=0, comm=None):
+    """Context manager: configure_threads(n) inside, the previous BLAS and Numba thread counts restored after."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from .jit import set_threads
+
+    n = int(n) if n and n > 0 else default_threads(comm)
+    old = numba.get_num_threads()
+    with threadpool_limits(limits=n):
+        set_threads(n)
+        try:
+            yield n
+        finally:
+            set_threads(old)
 
 
 _LIMITER = None

@@ -27,7 +27,7 @@ import numpy as np
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, check_config
 from .config import opt, positive, require
-from .distributed import configure_threads, get_comm, root_only, shard
+from .distributed import get_comm, root_only, shard, thread_limit
 from .errors import ConfigError, CheckpointError, NumericalError
 from .optim import adam_init, adam_step, clip_grad_norm, global_norm, lr_at
 from .params import ParamSpec
@@ -209,17 +209,20 @@ def fit(task, theta, tcfg, run_dir, *, resume=False, on_eval=None, progress=True
     best_val_ppl, steps_done, skipped, seconds, checkpoint, lr_scale).
     Raises NumericalError after max_bad_steps non-finite steps in a row, TrainingInterrupted on SIGINT/SIGTERM.
     """
-    from .batches import EpochSampler
-
     comm = comm or get_comm()
-    root = comm.rank == 0
     if not isinstance(theta, np.ndarray) or theta.ndim != 1 or theta.shape[0] != task.spec.size \
             or theta.dtype.kind != "f" or not theta.flags.c_contiguous:
         raise ValueError(f"theta must be a contiguous 1-D float array of {task.spec.size} parameters, "
                          f"got {getattr(theta, 'shape', None)} {getattr(theta, 'dtype', None)}")
     require(task.n_train > 0, "max_train", "the training set is empty; pass more training data")
-    configure_threads(tcfg.threads, comm)
-    run_dir = Path(run_dir)
+    with thread_limit(tcfg.threads, comm):
+        return _fit(task, theta, tcfg, Path(run_dir), resume, on_eval, progress, extra_state, comm)
+
+
+def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, comm):
+    from .batches import EpochSampler
+
+    root = comm.rank == 0
     root_only(comm, _prepare_run_dir, run_dir, resume)
     sampler = EpochSampler(task.n_train, tcfg.batch_size, tcfg.seed)
     total = tcfg.steps or tcfg.epochs * sampler.steps_per_epoch

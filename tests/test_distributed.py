@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geolm import distributed
-from geolm.distributed import SerialComm, configure_threads, get_comm, root_only, shard
+from geolm.distributed import SerialComm, configure_threads, get_comm, root_only, shard, thread_limit
 from geolm.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -73,6 +73,9 @@ def test_configure_threads_sets_blas_and_numba():
         assert numba.get_num_threads() == 1
         auto = configure_threads(0, SerialComm())
         assert auto == max(1, len(os.sched_getaffinity(0)))
+        with thread_limit(1, SerialComm()) as n:
+            assert n == 1 and numba.get_num_threads() == 1
+        assert numba.get_num_threads() == auto
     finally:
         configure_threads(old, SerialComm())
 
