@@ -12,6 +12,8 @@ API (what other modules call)
     nll, n = eval_nll(theta, batch, cfg, spec)                   float64 summed NLL over targets != -1
     logits = logits_last(p, ids, cfg)                            [B,V] at the last position only (generation)
     fld = field_eval(z, p, cfg)                                  f, v = g^-1 f, U, logdet parts at points z [N,D]
+    zT, traj, aux, cache = flow(z0, p, cfg)                      the ODE alone on z0 [N,D] (traj [S+1,N,D])
+    logits, cache = head_forward(zT, p, cfg)                     LN + head on z [N,D] -> [N,V]
     field_forward(z, p, cfg) / field_backward(ddz, daux, cache)  the ODE field (geolm.ode protocol via partial)
 
 Model (spec 1.2-1.5). Per position, z0 = encoder(ids) (token + learned positions, causal pre-LN blocks),
@@ -44,7 +46,7 @@ from .params import ParamSpec, accumulate
 
 METRICS = ("lowrank", "identity", "dense")
 PENALTIES = ("point", "batch_mean")
-# fields that only mean something when the ODE runs; --no-ode with any of them changed is contradictory
+# fields that only mean something when the ODE runs; the CLI rejects --no-ode given together with any of them
 ODE_FIELDS = ("rank", "eps", "alpha", "hidden", "field_hidden", "ode_steps", "lambda_field", "lambda_metric",
               "metric", "metric_penalty")
 
@@ -79,21 +81,18 @@ class RiemannConfig:
         require(self.dim % self.heads == 0, "heads", f"must divide --dim {self.dim}, got {self.heads}")
         require(self.eps > 0 and math.isfinite(self.eps), "eps", f"must be > 0, got {self.eps}")
         require(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", f"must be >= 0, got {self.alpha}")
-        require(1 <= self.rank <= self.dim, "rank", f"must be in [1, --dim={self.dim}], got {self.rank}; "
-                f"lower --rank or raise --dim")
+        if not self.no_ode:  # the plain-Transformer control ignores every metric/ODE field
+            require(1 <= self.rank <= self.dim, "rank", f"must be in [1, --dim={self.dim}], got {self.rank}; "
+                    f"lower --rank or raise --dim")
         require(self.lambda_field >= 0, "lambda_field", f"must be >= 0, got {self.lambda_field}")
         require(self.lambda_metric >= 0, "lambda_metric", f"must be >= 0, got {self.lambda_metric}")
         require(self.metric in METRICS, "metric", f"choose one of {', '.join(METRICS)}, got {self.metric!r}")
         require(self.metric_penalty in PENALTIES, "metric_penalty",
                 f"choose one of {', '.join(PENALTIES)}, got {self.metric_penalty!r}")
         require(self.n_vocab >= 0, "vocab_size", f"model vocabulary must be >= 0, got {self.n_vocab}")
-        if self.no_ode:
-            changed = [f.name for f in dataclasses.fields(self)
-                       if f.name in ODE_FIELDS and getattr(self, f.name) != f.default]
-            if changed:
-                flags = ", ".join("--" + c.replace("_", "-") for c in changed)
-                raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
-                                  f"drop --no-ode or those flags")
+        if self.no_ode and self.metric != "lowrank":
+            raise ConfigError(f"--no-ode contradicts --metric {self.metric}: the plain Transformer has no ODE or "
+                              f"metric; drop one of the two")
 
     @property
     def V(self):
@@ -244,7 +243,7 @@ def _check_ids(ids, cfg):
                           f"{ids.shape}; crop the context or raise --seq-len")
 
 
-def _flow(z0, p, cfg):
+def flow(z0, p, cfg):
     """z0 [N,D] -> (zT, traj [S+1,N,D], aux {name: [S,4,N]}, ode cache or None)."""
     if cfg.no_ode:
         return z0, z0[None], {}, None
@@ -253,7 +252,7 @@ def _flow(z0, p, cfg):
     return rk4_forward(ff, z0, p["field"], 0.0, 1.0, cfg.ode_steps)
 
 
-def _head_forward(zT, p, cfg):
+def head_forward(zT, p, cfg):
     """zT [N,D] -> (logits [N,V], cache)."""
     h, cln = layernorm_forward(zT, **p["ln_f"])  # [N,D]
     w = p["enc"]["wte"].T if cfg.tie_head else p["head"]["w"]  # [D,V]
@@ -261,7 +260,7 @@ def _head_forward(zT, p, cfg):
     return logits, (cln, chead)
 
 
-def _head_backward(dlogits, cache, cfg):
+def head_backward(dlogits, cache, cfg):
     """-> (dzT [N,D], dp partial dict {"ln_f", "head", maybe "enc": {"wte"}})."""
     cln, chead = cache
     dh, dw, db = linear_backward(dlogits, chead)  # logits = h W + b
@@ -275,6 +274,9 @@ def _head_backward(dlogits, cache, cfg):
     return dzT, dp
 
 
+_flow, _head_forward = flow, head_forward  # older private names (geolm.semantic)
+
+
 def forward(p, ids, cfg):
     """ids int [B,T] -> (logits [N,V], out {"z0","zT" [N,D], "traj" [S+1,N,D], "aux" {name:[S,4,N]}}, cache)."""
     from .transformer import encoder_forward
@@ -282,8 +284,8 @@ def forward(p, ids, cfg):
     B, T = ids.shape
     h, cenc = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T] -> [B,T,D]
     z0 = h.reshape(B * T, cfg.dim)  # [B,T,D] -> [N,D]
-    zT, traj, aux, code = _flow(z0, p, cfg)
-    logits, chead = _head_forward(zT, p, cfg)
+    zT, traj, aux, code = flow(z0, p, cfg)
+    logits, chead = head_forward(zT, p, cfg)
     out = {"z0": z0, "zT": zT, "traj": traj, "aux": aux}
     return logits, out, (cenc, code, chead, (B, T), cfg)
 
@@ -292,7 +294,7 @@ def backward(dlogits, daux, cache):
     """dlogits [N,V], daux {name: [S,4,N]} or None -> dp (nested like p; tied wte gets both gradients)."""
     from .transformer import encoder_backward
     cenc, code, chead, (B, T), cfg = cache
-    dzT, dp = _head_backward(dlogits, chead, cfg)
+    dzT, dp = head_backward(dlogits, chead, cfg)
     if cfg.no_ode:
         dz0 = dzT
     else:
@@ -369,5 +371,5 @@ def logits_last(p, ids, cfg):
     _check_ids(ids, cfg)
     h, _ = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T,D]
     z0 = np.ascontiguousarray(h[:, -1])  # [B,D]
-    zT = _flow(z0, p, cfg)[0]
-    return _head_forward(zT, p, cfg)[0]
+    zT = flow(z0, p, cfg)[0]
+    return head_forward(zT, p, cfg)[0]

@@ -45,7 +45,7 @@ def test_config_defaults_valid():
     (dict(rank=129), "--rank"), (dict(rank=0), "--rank"), (dict(eps=0.0), "--eps"), (dict(eps=-1.0), "--eps"),
     (dict(alpha=-0.1), "--alpha"), (dict(heads=3), "--heads"), (dict(dim=0), "--dim"),
     (dict(ode_steps=0), "--ode-steps"), (dict(no_ode=True, metric="identity"), "--no-ode"),
-    (dict(no_ode=True, rank=8), "--rank"), (dict(metric="riemann"), "--metric"),
+    (dict(no_ode=True, metric="dense"), "--metric"), (dict(metric="riemann"), "--metric"),
     (dict(lambda_field=-1.0), "--lambda-field"),
 ])
 def test_config_errors_name_the_flag(kw, flag):
@@ -149,3 +149,118 @@ def test_field_eval_logdet_parts(rng):
     np.testing.assert_allclose(ev["logdet_const"], 4 * np.log(0.1))
     np.testing.assert_allclose(ev["logdet_K"] + ev["logdet_const"], ev["logdet"])
     np.testing.assert_allclose(ev["v"], np.linalg.solve(g, ev["f"][..., None])[..., 0], rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ the whole model
+
+def _model(cfg, rng, noise=0.3):
+    spec, theta = riemann.init_params(cfg, rng, dtype=np.float64)
+    theta += noise * rng.standard_normal(theta.shape)  # off the identity-flow init so every path is exercised
+    B, T = 2, cfg.seq_len
+    ids = rng.integers(0, cfg.V, size=(B, T))
+    targets = rng.integers(0, cfg.V, size=(B, T))
+    targets[0, 1] = -1  # an ignored target
+    return spec, theta, (ids, targets)
+
+
+CONTROLS = [dict(), dict(metric="identity"), dict(metric="dense"), dict(no_ode=True), dict(metric_penalty="batch_mean"),
+            dict(tie_head=False), dict(rank=4, ode_steps=1)]
+
+
+def _control_cfg(kw):
+    base = dict(vocab_size=11, dim=4, layers=1, heads=2, ff_mult=2, seq_len=3, rank=2, hidden=3, field_hidden=5,
+                ode_steps=2, eps=0.5, alpha=1.0, lambda_field=0.05, lambda_metric=0.01)
+    base.update(kw)
+    return riemann.RiemannConfig(**base)
+
+
+@pytest.mark.parametrize("kw", CONTROLS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())[:40] or "lowrank")
+def test_whole_model_gradcheck(kw, rng, strict_float):
+    cfg = _control_cfg(kw)
+    spec, theta, batch = _model(cfg, rng)
+
+    def loss_fn(th):
+        return riemann.loss_and_grads(th, np.zeros_like(th), batch, cfg, spec)[0]
+
+    def grad_fn(th):
+        g = np.zeros_like(th)
+        riemann.loss_and_grads(th, g, batch, cfg, spec)
+        return g
+
+    check_grads_directional(loss_fn, grad_fn, theta, rng=rng, n_dirs=3)
+    g = grad_fn(theta)
+    # a few single coordinates, incl. the largest-gradient ones and one per parameter array
+    picks = set(np.argsort(-np.abs(g))[:4].tolist())
+    picks |= {off for _, _, off in spec.entries}
+    h = 1e-6
+    for i in sorted(picks):
+        e = np.zeros_like(theta)
+        e[i] = h
+        num = (loss_fn(theta + e) - loss_fn(theta - e)) / (2 * h)
+        assert abs(num - g[i]) <= 1e-6 * max(abs(num), abs(g[i]), 1e-3), (spec.entries, i, num, g[i])
+
+
+def test_stats_and_penalties(rng):
+    cfg = _control_cfg(dict(lambda_field=0.1, lambda_metric=0.01))
+    spec, theta, (ids, tg) = _model(cfg, rng)
+    p = spec.views(theta)
+    loss, stats, _ = riemann.loss_forward(p, ids, tg, cfg)
+    logits, out, _ = riemann.forward(p, ids, cfg)
+    aux = out["aux"]
+    assert aux["f2"].shape == (cfg.ode_steps, 4, ids.size) and aux["logdet"].shape == aux["f2"].shape
+    np.testing.assert_allclose(stats["pen_field"], 0.1 * aux["f2"].sum() / ids.size)
+    np.testing.assert_allclose(stats["pen_metric"], 0.01 * np.mean(aux["logdet"] ** 2))
+    assert stats["n"] == ids.size - 1
+    np.testing.assert_allclose(loss, stats["ce"] + stats["pen_field"] + stats["pen_metric"])
+    cfg_b = dataclasses.replace(cfg, metric_penalty="batch_mean")
+    _, stats_b, _ = riemann.loss_forward(p, ids, tg, cfg_b)
+    np.testing.assert_allclose(stats_b["pen_metric"], 0.01 * np.mean(aux["logdet"]) ** 2)
+
+
+def test_dense_model_matches_lowrank_model(rng):
+    cfg = _control_cfg(dict(dim=8, heads=2, rank=3, eps=0.1))
+    spec, theta, batch = _model(cfg, rng, noise=0.2)
+    cfg_d = dataclasses.replace(cfg, metric="dense")
+    gl, gd = np.zeros_like(theta), np.zeros_like(theta)
+    ll, _ = riemann.loss_and_grads(theta, gl, batch, cfg, spec)
+    ld, _ = riemann.loss_and_grads(theta, gd, batch, cfg_d, spec)
+    assert abs(ll - ld) <= 1e-9 * abs(ll)
+    np.testing.assert_allclose(gl, gd, rtol=1e-6, atol=1e-9 * np.abs(gd).max())
+
+
+def test_zero_init_field_is_identity_flow(rng):
+    cfg = _control_cfg(dict(dim=8, heads=2, rank=3, seq_len=4))
+    for dtype in (np.float32, np.float64):
+        spec, theta = riemann.init_params(cfg, np.random.default_rng(0), dtype=dtype)
+        p = spec.views(theta)
+        assert not p["field"]["f"]["fc2"]["w"].any() and not p["field"]["f"]["fc2"]["b"].any()
+        U_last = p["field"]["U"]["fc2"]["w"]
+        assert 0 < np.abs(U_last).max() < 0.02  # x0.01 Glorot: g ~ eps I
+        ids = rng.integers(0, cfg.V, size=(3, 4))
+        logits, out, _ = riemann.forward(p, ids, cfg)
+        assert logits.dtype == dtype and out["zT"].dtype == dtype
+        np.testing.assert_array_equal(out["zT"], out["z0"])
+        for k in range(out["traj"].shape[0]):
+            np.testing.assert_array_equal(out["traj"][k], out["z0"])
+        np.testing.assert_array_equal(out["aux"]["f2"], 0.0)
+
+
+def test_no_ode_has_no_field_params_and_identity_no_U(rng):
+    cfg = _control_cfg(dict(no_ode=True))
+    spec, _ = riemann.init_params(cfg, rng)
+    assert not any(n.startswith("field") for n, _, _ in spec.entries)
+    spec_i, _ = riemann.init_params(_control_cfg(dict(metric="identity")), rng)
+    names = [n for n, _, _ in spec_i.entries]
+    assert any(n.startswith("field.f.") for n in names) and not any(n.startswith("field.U") for n in names)
+    assert "head.w" not in names  # tied by default
+
+
+def test_logits_last_matches_forward(rng):
+    cfg = _control_cfg(dict(dim=8, heads=2, rank=3, seq_len=5))
+    spec, theta, (ids, _) = _model(cfg, rng)
+    p = spec.views(theta)
+    logits, _, _ = riemann.forward(p, ids, cfg)
+    last = riemann.logits_last(p, ids, cfg)
+    np.testing.assert_allclose(last, logits.reshape(2, 5, -1)[:, -1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError):
+        riemann.logits_last(p, np.zeros((1, 6), np.int64), cfg)

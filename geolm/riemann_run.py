@@ -1,0 +1,290 @@
+"""The Riemannian ODE LM pipeline behind examples/train_riemann.py, callable from Python.
+
+corpus (geolm.data) -> BPE tokenizer (geolm.tokenizer, cached in the run directory) -> stories of model ids
+-> EOS-joined stream cut into [M, T+1] chunks (geolm.batches) -> Task -> geolm.train.fit (AdamW, clipping,
+checkpoints, exact resume, non-finite guard) with telemetry (geolm.telemetry) on a fixed validation batch at
+every evaluation -> full-validation perplexity, summary.json, curves.png, telemetry.png, semantic_map.png,
+a generated story (story.txt).
+
+    parser = build_parser();  args = parser.parse_args(argv)
+    result = run(args)            # -> dict (also written to DIR/summary.json)
+Flags come from three frozen dataclasses: RiemannConfig (model), TrainConfig (optimisation; defaults set
+for this model below) and RunConfig (data, output, evaluation, generation).
+"""
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import riemann
+from .config import ArgParser, add_args, from_args, opt, require
+from .errors import ConfigError, DataError
+
+# TrainConfig defaults for this model (spec 1.4: KAHLER's AdamW (0.9, 0.95), wd 1e-4, clip 1; peak lr 1e-3)
+TRAIN_DEFAULTS = dict(steps=700, batch_size=16, lr=1e-3, schedule="cosine", warmup=50, min_lr=1e-4,
+                      weight_decay=1e-4, b1=0.9, b2=0.95, clip=1.0, eval_every=100, checkpoint_every=0,
+                      log_every=10)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    data: Optional[str] = opt(None, "train data: a .txt/.txt.gz/.jsonl/.parquet file or directory, 'builtin', or "
+                                    "a hub name (default: the TinyStories hub, built-in stories when offline)")
+    val_data: Optional[str] = opt(None, "validation file (default: a sibling valid* file or the last 10%)")
+    max_train: int = opt(2000, "first N training stories")
+    max_val: int = opt(1000, "first N validation stories")
+    min_frequency: int = opt(5, "minimum token count kept in the vocabulary")
+    output: str = opt("runs/riemann", "run directory (metrics, checkpoints, plots, story)")
+    resume: Optional[str] = opt(None, "continue the run in this directory from its newest checkpoint")
+    val_batches: int = opt(8, "validation batches (of --batch-size chunks) per evaluation; 0 = all")
+    tel_batch: int = opt(8, "validation chunks in the fixed telemetry batch")
+    prompt: str = opt("Once upon a time", "prompt of the story generated at the end")
+    temperature: float = opt(0.8, "sampling temperature (0 = greedy)")
+    top_k: int = opt(40, "sample from the k most likely tokens (0 = all)")
+    gen_tokens: int = opt(120, "tokens to generate at the end (0 = none)")
+    map_points: int = opt(200, "trajectories in the semantic map (0 = no map)")
+
+    def __post_init__(self):
+        require(self.max_train > 0, "max_train", f"must be > 0, got {self.max_train}")
+        require(self.max_val > 0, "max_val", f"must be > 0, got {self.max_val}")
+        require(self.min_frequency >= 1, "min_frequency", f"must be >= 1, got {self.min_frequency}")
+        require(self.val_batches >= 0, "val_batches", f"must be >= 0, got {self.val_batches}")
+        require(self.tel_batch > 0, "tel_batch", f"must be > 0, got {self.tel_batch}")
+        require(self.temperature >= 0 and math.isfinite(self.temperature), "temperature",
+                f"must be >= 0 (0 = greedy), got {self.temperature}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = all), got {self.top_k}")
+        require(self.gen_tokens >= 0, "gen_tokens", f"must be >= 0, got {self.gen_tokens}")
+        require(self.map_points >= 0, "map_points", f"must be >= 0, got {self.map_points}")
+        require(bool(str(self.output).strip()), "output", "must be a directory path")
+
+
+def build_parser(prog="train_riemann.py"):
+    from .train import TrainConfig
+    p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).")
+    add_args(p.add_argument_group("model"), riemann.RiemannConfig, skip=("metric",))
+    p.add_argument("--metric", default="lowrank", choices=("lowrank", "identity"),
+                   help="lowrank metric g = eps I + alpha U^T U, or the g = I control (default: lowrank)")
+    add_args(p.add_argument_group("training"), TrainConfig)
+    add_args(p.add_argument_group("run"), RunConfig)
+    p.set_defaults(**TRAIN_DEFAULTS)
+    return p
+
+
+def configs(args):
+    """argparse Namespace -> (RiemannConfig, TrainConfig, RunConfig), validated."""
+    from .train import TrainConfig
+    return from_args(riemann.RiemannConfig, args), from_args(TrainConfig, args), from_args(RunConfig, args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+def prepare_data(cfg, rc, seed=0, quiet=False):
+    """-> dict(corpus, tok, train_ids, val_ids (lists of int arrays), train_chunks, val_chunks [M, T+1] int32)."""
+    from .batches import sequence_chunks
+    from .data import load_corpus
+    from .tokenizer import get_tokenizer
+    corpus = load_corpus(rc.data, rc.val_data, rc.max_train, rc.max_val, seed=seed, quiet=quiet)
+    out_dir = Path(rc.resume or rc.output)
+    tok = get_tokenizer(corpus.train, cfg.vocab_size, rc.min_frequency, cache_dir=out_dir)  # -> DIR/tokenizers/<key>/
+    train_ids = tok.encode_stories(corpus.train)
+    val_ids = tok.encode_stories(corpus.val)
+    tr = sequence_chunks(train_ids, cfg.seq_len, eos_id=tok.eos_id)
+    va = sequence_chunks(val_ids, cfg.seq_len, eos_id=tok.eos_id)
+    if len(tr) == 0:
+        raise DataError(f"the training stories give no chunk of {cfg.seq_len + 1} tokens; pass more --data or a "
+                        f"smaller --seq-len")
+    if len(va) == 0:
+        raise DataError(f"the validation stories give no chunk of {cfg.seq_len + 1} tokens; pass more --val-data "
+                        f"or a smaller --seq-len")
+    return dict(corpus=corpus, tok=tok, train_ids=train_ids, val_ids=val_ids, train_chunks=tr, val_chunks=va)
+
+
+def batches_of(chunks, bs, limit=0):
+    """Consecutive (ids [b,T], targets [b,T]) batches over chunks [M, T+1] (first `limit` batches; 0 = all)."""
+    n = len(chunks)
+    stops = range(0, n, bs)
+    if limit:
+        stops = list(stops)[:limit]
+    return [(chunks[i:i + bs, :-1], chunks[i:i + bs, 1:].astype(np.int64)) for i in stops]
+
+
+def make_task(cfg, spec, data, tcfg, rc):
+    from .train import Task
+    tr, va = data["train_chunks"], data["val_chunks"]
+    val = batches_of(va, tcfg.batch_size, rc.val_batches)
+    return Task(family="riemann", cfg=cfg, spec=spec, n_train=len(tr),
+                make_batch=lambda idx: (tr[idx, :-1], tr[idx, 1:].astype(np.int64)),
+                loss_and_grads=functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec),
+                eval_nll=functools.partial(riemann.eval_nll, cfg=cfg, spec=spec),
+                val_batches=lambda: iter(val), tokenizer_hash=data["tok"].hash)
+
+
+def full_val_ppl(theta, cfg, spec, chunks, bs):
+    nll, n = 0.0, 0
+    for b in batches_of(chunks, bs):
+        s, k = riemann.eval_nll(theta, b, cfg, spec)
+        nll += s
+        n += k
+    return math.exp(nll / n) if n and nll / n < 700 else math.inf, n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+def _log_line(step, rec):
+    parts = [f"eval step {step}: val ppl {rec.get('val_ppl', float('nan')):.2f}"]
+    for k, fmt in (("tel_ce", "ce {:.3f}"), ("displacement", "disp {:.3g}"), ("path_length", "path {:.3g}"),
+                   ("linearity", "lin {:.3f}"), ("logdet", "logdet {:.1f}"), ("fdecay", "fDecay {:.3f}"),
+                   ("speed", "speed {:.3g}")):
+        v = rec.get(k)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            parts.append(fmt.format(v))
+    return " | ".join(parts)
+
+
+def _plots(out_dir, history, cfg, warn):
+    try:
+        from .plots import plot_curves, plot_telemetry
+    except ImportError as e:  # plots module missing in a partial install
+        warn(f"plots skipped ({e})")
+        return {}
+    tr = [r for r in history if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    ev = [r for r in history if r.get("kind") == "eval" and isinstance(r.get("val_loss"), (int, float))]
+    curves = {"train loss": ([r["step"] for r in tr], [r["loss"] for r in tr]),
+              "validation loss": ([r["step"] for r in ev], [r["val_loss"] for r in ev])}
+    name = "no-ODE" if cfg.no_ode else cfg.metric
+    out = {"curves": plot_curves(curves, out_dir / "curves.png", title=f"Riemannian ODE LM ({name})",
+                                 xlabel="step", ylabel="loss (nats/token)")}
+    out["telemetry"] = plot_telemetry([r for r in history if r.get("kind") in ("train", "eval")],
+                                      out_dir / "telemetry.png", title=f"telemetry ({name})")
+    return out
+
+
+def _semantic(out_dir, theta, cfg, spec, data, rc, seed, warn):
+    if cfg.no_ode or rc.map_points == 0:
+        return None
+    try:
+        from .semantic import semantic_map
+    except ImportError as e:
+        warn(f"semantic map skipped ({e})")
+        return None
+    res = semantic_map(theta, cfg, spec, data["tok"], data["val_ids"], path=out_dir / "semantic_map.png",
+                       n=rc.map_points, seed=seed)
+    return {"png": res.get("png"), "counts": res.get("counts"), "stats": res.get("stats")}
+
+
+def _story(theta, cfg, spec, tok, rc, seed):
+    from .generate import generate_text
+    if rc.gen_tokens == 0:
+        return None
+    p = spec.views(theta)
+    text, _ = generate_text(lambda ids: riemann.logits_last(p, ids, cfg), tok, rc.prompt, rc.gen_tokens,
+                            np.random.default_rng([seed, 99]), rc.temperature, rc.top_k, max_context=cfg.seq_len)
+    return text
+
+
+def run(args, progress=True):
+    """Train per the parsed flags; write DIR/{metrics.jsonl, summary.json, curves.png, telemetry.png,
+    semantic_map.png, story.txt, ckpt_*.npz}; return the summary dict."""
+    from .generate import check_sampling, encode_prompt
+    from .telemetry import trajectory_telemetry
+    from .train import fit
+    cfg, tcfg, rc = configs(args)
+    if rc.resume and rc.output != RunConfig.output and Path(rc.output) != Path(rc.resume):
+        raise ConfigError(f"--resume {rc.resume} and --output {rc.output} differ; pass only --resume DIR")
+    out_dir = Path(rc.resume or rc.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--output {out_dir} is a file; pass a directory path")
+    check_sampling(rc.temperature, rc.top_k, rc.gen_tokens)
+
+    def say(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    data = prepare_data(cfg, rc, seed=tcfg.seed, quiet=not progress)
+    tok = data["tok"]
+    if rc.gen_tokens:
+        encode_prompt(tok, rc.prompt)  # a prompt that tokenizes to nothing fails now, not after training
+    cfg = dataclasses.replace(cfg, n_vocab=tok.V)
+    spec, theta = riemann.init_params(cfg, np.random.default_rng(tcfg.seed))
+    task = make_task(cfg, spec, data, tcfg, rc)
+    ntr, nva = data["train_chunks"], data["val_chunks"]
+    say(f"data: {data['corpus'].source}")
+    say(f"tokenizer: V={tok.V} (hash {str(tok.hash)[:12]}); train {ntr.shape[0]} x {cfg.seq_len} tokens, "
+        f"val {nva.shape[0]} x {cfg.seq_len}")
+    ctrl = "no-ODE" if cfg.no_ode else f"metric {cfg.metric}"
+    say(f"model: {spec.size:,} parameters, d={cfg.dim}, {cfg.layers} layers x {cfg.heads} heads, {ctrl}, "
+        f"r={cfg.rank}, eps={cfg.eps}, {cfg.ode_steps} RK4 steps; prep {time.perf_counter() - t0:.1f} s")
+    tel_ids, tel_tg = batches_of(nva, rc.tel_batch, 1)[0]
+
+    seen = [0.0, 0]  # val NLL sum / targets seen by task.eval_nll since the last evaluation (for the log line)
+    eval_nll = task.eval_nll
+
+    def eval_nll_seen(th, batch):
+        s, n = eval_nll(th, batch)
+        seen[0] += s
+        seen[1] += n
+        return s, n
+
+    task.eval_nll = eval_nll_seen
+
+    def on_eval(step, th):  # fit calls this right after its validation pass
+        rec = trajectory_telemetry(spec.views(th), tel_ids, tel_tg, cfg)
+        vp = math.exp(seen[0] / seen[1]) if seen[1] and seen[0] / seen[1] < 700 else math.nan
+        seen[:] = [0.0, 0]
+        say(_log_line(step, dict(rec, val_ppl=vp)))
+        return rec
+
+    res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress)
+    hist = res["history"]
+    ppl_full, n_full = full_val_ppl(theta, cfg, spec, nva, tcfg.batch_size)
+    say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})")
+    plots = _plots(out_dir, hist, cfg, say)
+    sem = _semantic(out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)
+    story = _story(theta, cfg, spec, tok, rc, tcfg.seed)
+    if story is not None:
+        (out_dir / "story.txt").write_text(story + "\n")
+        say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{story}")
+    last_eval = next((r for r in reversed(hist) if r.get("kind") == "eval"), {})
+    train_recs = [r for r in hist if r.get("kind") == "train"]
+    summary = dict(
+        family="riemann", data=data["corpus"].source, val_ppl=ppl_full, val_tokens=n_full,
+        val_ppl_subset=res["final_val_ppl"], best_val_ppl_subset=res["best_val_ppl"],
+        steps=res["steps_done"], skipped=res["skipped"], seconds=res["seconds"],
+        s_per_step=res["seconds"] / max(res["steps_done"], 1) if not rc.resume else None,
+        tokens_per_s=(train_recs[-1].get("tokens_per_s") if train_recs else None),
+        params=spec.size, vocab=tok.V, tokenizer=tok.hash, cfg=dataclasses.asdict(cfg),
+        tcfg=dataclasses.asdict(tcfg), run=dataclasses.asdict(rc), checkpoint=res["checkpoint"],
+        telemetry={k: v for k, v in last_eval.items() if k not in ("kind",)},
+        plots=plots, semantic=sem, story=story)
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    os.replace(tmp, out_dir / "summary.json")
+    say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
+    return summary
+
+
+def _json_safe(x):
+    """Strict JSON: numpy scalars/arrays -> Python, non-finite floats -> "nan"/"inf"/"-inf"."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
