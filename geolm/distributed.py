@@ -123,6 +123,26 @@ def shard(idx, rank, size):
     return np.array_split(np.asarray(idx), size)[rank]
 
 
+def global_mean(comm, buf, loss, n, flags=()):
+    """Turn each rank's mean over its n targets into the exact global mean, with ONE in-place Allreduce.
+
+    buf [P + 2 + len(flags)]: buf[:P] holds this rank's mean gradient (a view the task filled); the tail is
+    scratch. Afterwards buf[:P] is sum_r n_r g_r / N on every rank. Returns (mean loss, N, summed flags).
+    A NaN/Inf on any rank makes the result non-finite on every rank, so all ranks skip together.
+    """
+    k = len(flags)
+    P = buf.shape[0] - 2 - k
+    if comm.size == 1:
+        return float(loss), int(n), tuple(int(f) for f in flags)
+    grad = buf[:P]
+    grad *= n  # [P]: n_r g_r
+    buf[P:] = (loss * n, n, *flags)
+    comm.allreduce_sum(buf)  # [P+2+k]
+    N = int(buf[P + 1])
+    grad *= 1.0 / N
+    return float(buf[P]) / N, N, tuple(int(f) for f in buf[P + 2:])
+
+
 def root_only(comm, fn, *args, **kwargs):
     """Run fn on rank 0 only and broadcast its (small, picklable) result to every rank.
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, check_config
 from .config import opt, positive, require
-from .distributed import get_comm, root_only, shard, thread_limit
+from .distributed import get_comm, global_mean, root_only, shard, thread_limit
 from .errors import ConfigError, CheckpointError, NumericalError
 from .optim import adam_init, adam_step, clip_grad_norm, global_norm, lr_at
 from .params import ParamSpec
@@ -324,16 +324,8 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                 else:
                     grad[:] = 0.0
                     loss, n, stats = 0.0, 0, {}
-                if comm.size > 1:
-                    grad *= n
-                    buf[P:] = (loss * n, n, sig.got[signal.SIGINT], sig.got[signal.SIGTERM])
-                    comm.allreduce_sum(buf)
-                    n = int(buf[P + 1])
-                    grad *= 1.0 / n
-                    loss = float(buf[P]) / n
-                    n_int, n_term = int(buf[P + 2]), int(buf[P + 3])
-                else:
-                    n_int, n_term = sig.got[signal.SIGINT], sig.got[signal.SIGTERM]
+                loss, n, (n_int, n_term) = global_mean(comm, buf, loss, n,
+                                                       (sig.got[signal.SIGINT], sig.got[signal.SIGTERM]))
                 with np.errstate(all="ignore"):
                     norm = global_norm(grad)
                 if math.isfinite(loss) and math.isfinite(norm):
