@@ -235,3 +235,13 @@ def frame_rotate_backward(dy, cache):
     """-> (dx_t [M, d], dxs [M, n, d])."""
     dxs, da, _ = rotate_backward(dy, cache)
     return da[:, 0, :], dxs  # [M,1,d] -> [M,d]
+
+
+def frame_rotate(x_t, xs):
+    """Forward only: Q_t x_s, Q_t = R(x_t -> e_d). x_t [M, d], xs [M, n, d] -> [M, n, d]."""
+    return frame_rotate_forward(x_t, xs)[0]
+
+
+# names used in /work/notes/API.md
+rotation_forward = rotate_forward
+rotation_backward = rotate_backward
