@@ -99,3 +99,10 @@ def test_bad_targets(rng):
         xent_forward(rng.standard_normal((2, 2, 3)), np.array([0, 1]))
     with pytest.raises(DataError, match="integer"):
         nll_sum(rng.standard_normal((2, 3)), np.array([0.0, 1.0]))
+
+
+def test_xent_backward_is_pure(rng):
+    loss, cache = xent_forward(rng.standard_normal((4, 5)), np.array([0, -1, 4, 2]))
+    d1 = xent_backward(1.0, cache)
+    np.testing.assert_array_equal(d1, xent_backward(1.0, cache))
+    np.testing.assert_allclose(xent_backward(2.0, cache), 2.0 * d1)

@@ -129,3 +129,18 @@ def test_encoder_bad_input(rng):
         encoder_forward(np.zeros((1, 4), int), p, 2)
     with pytest.raises(ConfigError, match=r"\[B,T\]"):
         encoder_forward(np.zeros(3, int), p, 2)
+
+
+def test_backward_is_pure(rng):
+    # backwards mutate neither dy nor the cache: a second call gives the same grads (the ODE reruns caches)
+    spec = ParamSpec(encoder_shapes(7, 4, 6, 2, 8))
+    _, p = _random(spec, rng)
+    h, cache = encoder_forward(rng.integers(0, 7, (2, 4)), p, 3)
+    dh = rng.standard_normal(h.shape)
+    dh0 = dh.copy()
+    g1 = spec.zeros(np.float64)
+    g2 = spec.zeros(np.float64)
+    accumulate(spec.views(g1), encoder_backward(dh, cache))
+    accumulate(spec.views(g2), encoder_backward(dh, cache))
+    np.testing.assert_array_equal(dh, dh0)
+    np.testing.assert_array_equal(g1, g2)
