@@ -7,6 +7,7 @@ API (what other modules call)
     spec, theta = init_params(cfg, rng)                          flat float32 buffer + ParamSpec
     p = spec.views(theta)
     logits, out, cache = forward(p, ids, cfg)                    ids int [B,T] -> logits [N,V]; out: z0, zT, traj, aux
+    Input ids lie in [0, V] (V = the tokenizer's PAD, input only: wte has V+1 rows); targets in [0, V) or -1.
     loss, stats, cache = loss_forward(p, ids, targets, cfg);  dp = loss_backward(cache)
     loss, stats = loss_and_grads(theta, grad, batch, cfg, spec)  batch = (ids [B,T], targets [B,T]); fills grad
     nll, n = eval_nll(theta, batch, cfg, spec)                   float64 summed NLL over targets != -1
@@ -115,7 +116,7 @@ def field_shapes(cfg):
 def param_shapes(cfg):
     from .transformer import encoder_shapes
     D, V = cfg.dim, cfg.V
-    shapes = {"enc": encoder_shapes(V, cfg.seq_len, D, cfg.layers, cfg.ff_mult * D)}
+    shapes = {"enc": encoder_shapes(V + 1, cfg.seq_len, D, cfg.layers, cfg.ff_mult * D)}  # row V = PAD (input only)
     if not cfg.no_ode:
         shapes["field"] = field_shapes(cfg)
     shapes["ln_f"] = {"w": (D,), "b": (D,)}
@@ -255,7 +256,7 @@ def flow(z0, p, cfg):
 def head_forward(zT, p, cfg):
     """zT [N,D] -> (logits [N,V], cache)."""
     h, cln = layernorm_forward(zT, **p["ln_f"])  # [N,D]
-    w = p["enc"]["wte"].T if cfg.tie_head else p["head"]["w"]  # [D,V]
+    w = p["enc"]["wte"][:cfg.V].T if cfg.tie_head else p["head"]["w"]  # [D,V] (the PAD row is no output class)
     logits, chead = linear_forward(h, w, p["head"]["b"])  # [N,D] -> [N,V]
     return logits, (cln, chead)
 
@@ -268,7 +269,7 @@ def head_backward(dlogits, cache, cfg):
     dp = {"ln_f": {"w": dlnw, "b": dlnb}}
     if cfg.tie_head:
         dp["head"] = {"b": db}
-        dp["enc"] = {"wte": dw.T}  # W = wte^T
+        dp["enc"] = {"wte": dw.T}  # W = wte[:V]^T
     else:
         dp["head"] = {"w": dw, "b": db}
     return dzT, dp
@@ -304,7 +305,7 @@ def backward(dlogits, daux, cache):
         dp["field"] = dpfield
     dpenc = encoder_backward(dz0.reshape(B, T, cfg.dim), cenc)  # z0 = h.reshape(N, D)
     if "enc" in dp:  # tied head: wte is both the embedding and the output matrix
-        dpenc["wte"] = dpenc["wte"] + dp["enc"]["wte"]
+        dpenc["wte"][:cfg.V] += dp["enc"]["wte"]
     dp["enc"] = dpenc
     return dp
 

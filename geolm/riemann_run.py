@@ -67,10 +67,14 @@ class RunConfig:
 
 def build_parser(prog="train_riemann.py"):
     from .train import TrainConfig
-    p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).")
-    add_args(p.add_argument_group("model"), riemann.RiemannConfig, skip=("metric",))
-    p.add_argument("--metric", default="lowrank", choices=("lowrank", "identity"),
+    p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).",
+                  allow_abbrev=False)
+    g = p.add_argument_group("model")
+    add_args(g, riemann.RiemannConfig, skip=("metric", "no_ode"))
+    g.add_argument("--metric", default="lowrank", choices=("lowrank", "identity"),
                    help="lowrank metric g = eps I + alpha U^T U, or the g = I control (default: lowrank)")
+    # store_true by hand: BooleanOptionalAction would read "--no-ode" as the negation of "--ode"
+    g.add_argument("--no-ode", action="store_true", help="skip the ODE (z_T = z0): the plain-Transformer control")
     add_args(p.add_argument_group("training"), TrainConfig)
     add_args(p.add_argument_group("run"), RunConfig)
     p.set_defaults(**TRAIN_DEFAULTS)
@@ -81,6 +85,23 @@ def configs(args):
     """argparse Namespace -> (RiemannConfig, TrainConfig, RunConfig), validated."""
     from .train import TrainConfig
     return from_args(riemann.RiemannConfig, args), from_args(TrainConfig, args), from_args(RunConfig, args)
+
+
+def explicit_flags(argv):
+    """Flag names (without --) given on the command line (abbreviations are off, so this is exact)."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def parse(argv, prog="train_riemann.py"):
+    """Command line -> argparse Namespace; --no-ode given with any ODE/metric flag is a ConfigError."""
+    args = build_parser(prog).parse_args(argv)
+    if args.no_ode:
+        clash = sorted(explicit_flags(argv) & set(riemann.ODE_FIELDS))
+        if clash:
+            flags = " ".join("--" + c.replace("_", "-") for c in clash)
+            raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
+                              f"drop --no-ode or those flags")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,7 +118,7 @@ def prepare_data(cfg, rc, seed=0, quiet=False):
     train_ids = tok.encode_stories(corpus.train)
     val_ids = tok.encode_stories(corpus.val)
     tr = sequence_chunks(train_ids, cfg.seq_len, eos_id=tok.eos_id)
-    va = sequence_chunks(val_ids, cfg.seq_len, eos_id=tok.eos_id)
+    va = sequence_chunks(val_ids, cfg.seq_len, eos_id=tok.eos_id, pad_id=tok.pad_id)  # keep the tail, PAD-ed
     if len(tr) == 0:
         raise DataError(f"the training stories give no chunk of {cfg.seq_len + 1} tokens; pass more --data or a "
                         f"smaller --seq-len")
@@ -107,29 +128,37 @@ def prepare_data(cfg, rc, seed=0, quiet=False):
     return dict(corpus=corpus, tok=tok, train_ids=train_ids, val_ids=val_ids, train_chunks=tr, val_chunks=va)
 
 
-def batches_of(chunks, bs, limit=0):
+def split_chunk(chunks, pad_id=None):
+    """chunks [b, T+1] -> (ids [b,T], targets [b,T] int64 with PAD targets -> -1, i.e. ignored)."""
+    tg = chunks[:, 1:].astype(np.int64)
+    if pad_id is not None:
+        tg[tg == pad_id] = -1
+    return chunks[:, :-1], tg
+
+
+def batches_of(chunks, bs, limit=0, pad_id=None):
     """Consecutive (ids [b,T], targets [b,T]) batches over chunks [M, T+1] (first `limit` batches; 0 = all)."""
-    n = len(chunks)
-    stops = range(0, n, bs)
+    stops = range(0, len(chunks), bs)
     if limit:
         stops = list(stops)[:limit]
-    return [(chunks[i:i + bs, :-1], chunks[i:i + bs, 1:].astype(np.int64)) for i in stops]
+    return [split_chunk(chunks[i:i + bs], pad_id) for i in stops]
 
 
 def make_task(cfg, spec, data, tcfg, rc):
     from .train import Task
     tr, va = data["train_chunks"], data["val_chunks"]
-    val = batches_of(va, tcfg.batch_size, rc.val_batches)
+    val = batches_of(va, tcfg.batch_size, rc.val_batches, data["tok"].pad_id)
     return Task(family="riemann", cfg=cfg, spec=spec, n_train=len(tr),
-                make_batch=lambda idx: (tr[idx, :-1], tr[idx, 1:].astype(np.int64)),
+                make_batch=lambda idx: split_chunk(tr[idx]),
                 loss_and_grads=functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec),
                 eval_nll=functools.partial(riemann.eval_nll, cfg=cfg, spec=spec),
                 val_batches=lambda: iter(val), tokenizer_hash=data["tok"].hash)
 
 
-def full_val_ppl(theta, cfg, spec, chunks, bs):
+def full_val_ppl(theta, cfg, spec, chunks, bs, pad_id=None):
+    """(perplexity, #targets) over every validation chunk."""
     nll, n = 0.0, 0
-    for b in batches_of(chunks, bs):
+    for b in batches_of(chunks, bs, 0, pad_id):
         s, k = riemann.eval_nll(theta, b, cfg, spec)
         nll += s
         n += k
@@ -138,6 +167,15 @@ def full_val_ppl(theta, cfg, spec, chunks, bs):
 
 # ---------------------------------------------------------------------------------------------------------------
 # the run
+
+def _where(data):
+    """A data argument as recorded in checkpoints: local paths made absolute, None -> the default hub name."""
+    from .data import DEFAULT_HUB
+    if data is None:
+        return DEFAULT_HUB
+    p = Path(data).expanduser()
+    return str(p.resolve()) if p.exists() else str(data)
+
 
 def _log_line(step, rec):
     parts = [f"eval step {step}: val ppl {rec.get('val_ppl', float('nan')):.2f}"]
@@ -210,7 +248,7 @@ def run(args, progress=True):
             print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    data = prepare_data(cfg, rc, seed=tcfg.seed, quiet=not progress)
+    data = prepare_data(cfg, rc, quiet=not progress)
     tok = data["tok"]
     if rc.gen_tokens:
         encode_prompt(tok, rc.prompt)  # a prompt that tokenizes to nothing fails now, not after training
@@ -221,10 +259,12 @@ def run(args, progress=True):
     say(f"data: {data['corpus'].source}")
     say(f"tokenizer: V={tok.V} (hash {str(tok.hash)[:12]}); train {ntr.shape[0]} x {cfg.seq_len} tokens, "
         f"val {nva.shape[0]} x {cfg.seq_len}")
-    ctrl = "no-ODE" if cfg.no_ode else f"metric {cfg.metric}"
-    say(f"model: {spec.size:,} parameters, d={cfg.dim}, {cfg.layers} layers x {cfg.heads} heads, {ctrl}, "
-        f"r={cfg.rank}, eps={cfg.eps}, {cfg.ode_steps} RK4 steps; prep {time.perf_counter() - t0:.1f} s")
-    tel_ids, tel_tg = batches_of(nva, rc.tel_batch, 1)[0]
+    ctrl = ("no ODE (plain Transformer)" if cfg.no_ode else f"metric {cfg.metric}" +
+            ("" if cfg.metric == "identity" else f" r={cfg.rank} eps={cfg.eps} alpha={cfg.alpha}") +
+            f", {cfg.ode_steps} RK4 steps")
+    say(f"model: {spec.size:,} parameters, d={cfg.dim}, {cfg.layers} layers x {cfg.heads} heads, {ctrl}; "
+        f"prep {time.perf_counter() - t0:.1f} s")
+    tel_ids, tel_tg = batches_of(nva, rc.tel_batch, 1, tok.pad_id)[0]
 
     seen = [0.0, 0]  # val NLL sum / targets seen by task.eval_nll since the last evaluation (for the log line)
     eval_nll = task.eval_nll
@@ -244,9 +284,14 @@ def run(args, progress=True):
         say(_log_line(step, dict(rec, val_ppl=vp)))
         return rec
 
-    res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress)
+    builtin = data["corpus"].source.startswith("built-in")
+    extra = dict(data="builtin" if builtin else _where(rc.data), val_data=rc.val_data and _where(rc.val_data), max_train=rc.max_train,
+                 max_val=rc.max_val, min_frequency=rc.min_frequency, tokenizer_dir=str(out_dir),
+                 source=data["corpus"].source)  # what examples/generate.py and semantic_map.py need to rebuild
+    res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress,
+              extra_state=extra)
     hist = res["history"]
-    ppl_full, n_full = full_val_ppl(theta, cfg, spec, nva, tcfg.batch_size)
+    ppl_full, n_full = full_val_ppl(theta, cfg, spec, nva, tcfg.batch_size, tok.pad_id)
     say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})")
     plots = _plots(out_dir, hist, cfg, say)
     sem = _semantic(out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)
@@ -288,3 +333,45 @@ def _json_safe(x):
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
     return str(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading a trained model
+
+def find_tokenizer(ck):
+    """The Tok a checkpoint was trained with: DIR/tokenizers/*/ (DIR = its recorded tokenizer_dir or its own
+    directory) whose hash equals the checkpoint's."""
+    from .errors import CheckpointError
+    from .tokenizer import Tok
+    want = ck.meta.get("tokenizer", "")
+    dirs = [Path(ck.extra["tokenizer_dir"])] if ck.extra.get("tokenizer_dir") else []
+    dirs.append(Path(ck.path).parent)
+    for d in dirs:
+        for sub in sorted((d / "tokenizers").glob("*/")) if (d / "tokenizers").is_dir() else []:
+            try:
+                tok = Tok.load(sub)
+            except DataError:
+                continue
+            if tok.hash == want:
+                return tok
+    raise CheckpointError(f"no tokenizer with hash {str(want)[:12]} under {' or '.join(str(d) for d in dirs)}"
+                          f"/tokenizers; keep the run directory together with its checkpoints")
+
+
+def load_model(path):
+    """Run directory or ckpt_*.npz of a Riemannian model -> (theta, cfg, spec, tok, checkpoint)."""
+    from .checkpoint import load_checkpoint
+    from .config import from_dict
+    from .errors import CheckpointError
+    from .params import ParamSpec
+    ck = load_checkpoint(path, expect_family="riemann")
+    try:
+        cfg = from_dict(riemann.RiemannConfig, dict(ck.meta.get("cfg", {})))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ck.path} has an unreadable model config ({e}); use the geolm version "
+                              f"that wrote it") from None
+    spec = ParamSpec(riemann.param_shapes(cfg))
+    if spec.size != ck.theta.shape[0]:
+        raise CheckpointError(f"checkpoint {ck.path} holds {ck.theta.shape[0]} parameters but its config needs "
+                              f"{spec.size}; the file does not match its config")
+    return ck.theta, cfg, spec, find_tokenizer(ck), ck

@@ -157,7 +157,7 @@ def _model(cfg, rng, noise=0.3):
     spec, theta = riemann.init_params(cfg, rng, dtype=np.float64)
     theta += noise * rng.standard_normal(theta.shape)  # off the identity-flow init so every path is exercised
     B, T = 2, cfg.seq_len
-    ids = rng.integers(0, cfg.V, size=(B, T))
+    ids = rng.integers(0, cfg.V + 1, size=(B, T))  # V = PAD, an input-only id
     targets = rng.integers(0, cfg.V, size=(B, T))
     targets[0, 1] = -1  # an ignored target
     return spec, theta, (ids, targets)
