@@ -70,7 +70,7 @@ def generate(logits_fn, prompt_ids, n_new, rng, temperature=0.8, top_k=40, max_c
 
 
 def encode_prompt(tok, prompt):
-    """Model ids of a prompt string (no end-of-story appended); DataError if it tokenizes to nothing."""
+    """Model ids of a prompt string (no end-of-story appended); DataError if it tokenizes to nothing or to UNK only."""
     if prompt is None or not str(prompt).strip():
         raise DataError("the prompt is empty; pass --prompt with some words, e.g. --prompt 'Once upon a time'")
     ids = np.asarray(tok.encode_stories([str(prompt)])[0]).reshape(-1)
@@ -79,6 +79,10 @@ def encode_prompt(tok, prompt):
         ids = ids[:-1]  # a tokenizer that closes every story with EOS
     if ids.size == 0:
         raise DataError(f"the prompt {prompt!r} tokenizes to nothing; pass a --prompt with ordinary words")
+    unk = getattr(tok, "unk_id", None)
+    if unk is not None and np.all(ids == unk):
+        raise DataError(f"the prompt {prompt!r} tokenizes only to unknown tokens (<unk>); pass a --prompt with "
+                        f"words from the training stories")
     return ids
 
 

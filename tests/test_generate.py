@@ -55,19 +55,19 @@ def test_bad_sampling_flags(kw, rng):
 
 
 class _Tok:
-    """Whitespace tokenizer over a fixed word list; unknown words dropped; appends EOS like a story encoder."""
-    words = ["<eos>", "once", "upon", "a", "time"]
-    eos_id = 0
+    """Whitespace tokenizer over a fixed word list; "x" -> UNK, other unknown words dropped; appends EOS."""
+    words = ["<eos>", "once", "upon", "a", "time", "<unk>"]
+    eos_id, unk_id = 0, 5
 
     def encode_stories(self, texts):
-        return [np.array([self.words.index(w) for w in t.lower().split() if w in self.words] + [0], np.int32)
-                for t in texts]
+        return [np.array([self.words.index(w) if w != "x" else 5 for w in t.lower().split()
+                          if w in self.words or w == "x"] + [0], np.int32) for t in texts]
 
     def decode(self, ids):
         return " ".join(self.words[i] for i in ids)
 
 
-@pytest.mark.parametrize("prompt", ["", "   ", "zzz qqq"])
+@pytest.mark.parametrize("prompt", ["", "   ", "zzz qqq", "x x"])
 def test_prompt_that_tokenizes_to_nothing(prompt, rng):
     with pytest.raises(DataError) as e:
         gen.generate_text(lambda ids: np.zeros(5), _Tok(), prompt, 3, rng)
