@@ -180,6 +180,8 @@ def _prepare_run_dir(run_dir, resume):
     if not resume and list_checkpoints(run_dir):
         raise ConfigError(f"--output {run_dir} already holds checkpoints; pass --resume {run_dir} to continue "
                           f"that run, or choose a new --output")
+    if not resume and (run_dir / "metrics.jsonl").exists():  # left by a run that died before its 1st checkpoint
+        (run_dir / "metrics.jsonl").unlink()
 
 
 def evaluate(task, theta, comm=None):
@@ -233,6 +235,7 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
     st = dict(step=0, lr_scale=1.0, consec_bad=0, skipped=0, best_val_ppl=None, seconds=0.0)
     metrics = _Metrics(run_dir / "metrics.jsonl", root)
     history = []
+    done = []
     extra_arrays = {f"extra.{k}": v for k, v in (extra_state or {}).items() if isinstance(v, np.ndarray)}
     extra_json = {k: v for k, v in (extra_state or {}).items() if not isinstance(v, np.ndarray)}
     last_ckpt = [None, -1]  # path, step
@@ -267,6 +270,7 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
             task.rng.bit_generator.state = tr["rng"]
         history = info["history"]
         last_ckpt = [Path(info["path"]), info["step"]]
+        done = [r for r in history if r.get("kind") == "eval" and r.get("step") == info["step"]]
     comm.bcast(theta)  # ranks cannot start apart
     if not np.isfinite(theta).all():
         raise NumericalError("the initial parameters contain NaN or Inf; check the model's initialisation")
@@ -290,6 +294,8 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
         return last_ckpt[0]
 
     last_eval = [None, None, -1]  # val_loss, val_ppl, step
+    if resume and done:  # the checkpoint's step was already evaluated (e.g. resuming a finished run)
+        last_eval[:] = [done[-1]["val_loss"], done[-1]["val_ppl"], st["step"]]
 
     def do_eval(epoch):
         vl, vp = evaluate(task, theta, comm)

@@ -257,3 +257,14 @@ def test_resume_refuses_mismatches(tmp_path):
         run(tmp_path, "r", resume=True, task_kw=dict(dtype="float32"))
     theta, res, _ = run(tmp_path, "r", resume=True, steps=5)  # more steps is allowed
     assert res["steps_done"] == 5
+    n_evals = len(records(tmp_path / "r", "eval"))
+    theta2, res2, _ = run(tmp_path, "r", resume=True, steps=5)  # resuming a finished run changes nothing
+    assert np.array_equal(theta2, theta) and res2["final_val_ppl"] == res["final_val_ppl"]
+    assert len(records(tmp_path / "r", "eval")) == n_evals
+
+
+def test_new_run_starts_fresh_metrics(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
+    run(tmp_path, "r", steps=3)
+    assert max(r["step"] for r in records(tmp_path / "r")) == 3
