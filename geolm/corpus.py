@@ -268,7 +268,7 @@ def _arc_gift(r, c):
     p2 = [c.fill(r, "{time}, it was {fname}'s birthday.", "{time}, {name} learned that {fname} was sad."),
           c.fill(r, "{name} wanted to give {fname} a gift.", "{name} wanted to make {fname} happy."),
           c.fill(r, "{He} looked {at_place} and found {a_thing}.", "{He} went to the {place} and got {a_thing}.")]
-    p3 = [c.fill(r, "{He} put it in a box with a {adj2} bow.", "{He} wrapped it in {adj2} paper."),
+    p3 = [c.fill(r, "{He} put it in a box with {a_bow}.", "{He} wrapped it in {adj2} paper."),
           c.fill(r, '{He} gave it to {fname} and said, "This is for you!"', "{He} gave the gift to {fname}."),
           c.fill(r, "{fname} opened it and smiled.", "{fname} was so surprised.")]
     p4 = [c.fill(r, '"Thank you, {name}! I love it!" said {fname}.', "{fname} gave {name} a big hug."),
@@ -284,6 +284,7 @@ def make_story(r):
     c = _setting(r)
     c["adj_kind"] = _a(c["adj"] + " " + c["kind"])
     c["adj2"] = r.choice(OBJ_ADJ)
+    c["a_bow"] = _a(c["adj2"] + " bow")
     opening = _opening(r, c)
     if r.random() < 0.3:
         opening.append(c["nice"])

@@ -91,26 +91,35 @@ def _check_file(path):
     return ext
 
 
+def _root_cause(e):
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def _load_dataset(builder, path, **kw):
     """datasets.load_dataset on one local file, with its cache in a temporary directory."""
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    with tempfile.TemporaryDirectory(prefix="geolm-datasets-") as tmp:
-        try:
-            ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", cache_dir=tmp, **kw)
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors come back as one DataError line
+    try:
+        with tempfile.TemporaryDirectory(prefix="geolm-datasets-") as tmp:
+            try:
+                ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", cache_dir=tmp,
+                                           **kw)
+            except Exception as e:  # noqa: BLE001 - datasets wraps parse errors; report the root cause
+                root = _root_cause(e)
+                msg = " ".join(str(root).split())[:160]
+                raise DataError(f"cannot read {path} as {builder} ({type(root).__name__}: {msg}); {_FIX_FMT}") from None
             cols = ds.column_names
             if "text" not in cols:
                 raise DataError(f"{path} has no 'text' field (fields: {', '.join(cols) or 'none'}); "
                                 f"store each story under the key 'text'")
-            texts = ds.data.column("text").to_pylist()  # copy out of the arrow files before tmp goes
-        except DataError:
-            raise
-        except Exception as e:  # datasets wraps parse errors in several types; report one line
-            msg = " ".join(str(e).split())[:200]
-            raise DataError(f"cannot read {path} as {builder} ({type(e).__name__}: {msg}); {_FIX_FMT}") from None
-    return texts
+            return ds.data.column("text").to_pylist()  # copied out of the arrow files before tmp goes
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def read_stories(path):
