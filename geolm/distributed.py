@@ -139,8 +139,8 @@ def global_mean(comm, buf, loss, n, flags=()):
     buf[P:] = (loss * n, n, *flags)
     comm.allreduce_sum(buf)  # [P+2+k]
     N = int(buf[P + 1])
-    grad *= 1.0 / N
-    return float(buf[P]) / N, N, tuple(int(f) for f in buf[P + 2:])
+    grad *= 1.0 / max(N, 1)
+    return float(buf[P]) / max(N, 1), N, tuple(int(f) for f in buf[P + 2:])
 
 
 def root_only(comm, fn, *args, **kwargs):

@@ -4,7 +4,7 @@ exactly resumable, interruptible, and data-parallel over MPI (geolm.distributed)
 One step (the same on every rank):
     idx   = sampler.next()                       global batch of B example indices
     g, L  = allreduce(n_r * grad_r, n_r * L_r) / N   exact global mean over N targets (see distributed.py)
-    if L or ||g|| is not finite: skip (theta and the Adam moments untouched), count; after `backoff_after`
+    if L or ||g|| is not finite (or loss_and_grads raised NumericalError): skip (theta and the Adam moments untouched), count; after `backoff_after`
         skips in a row lr_scale *= backoff; after `max_bad_steps` in a row stop with NumericalError
     else: clip g to ||g|| <= clip, adam_step(theta, g, lr_at(step) * lr_scale)
 Exact resume: theta, Adam (m, v, t), sampler position, the task's RNG, lr_scale and the counters are all
@@ -324,9 +324,15 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                 epoch = step // sampler.steps_per_epoch
                 idx = shard(sampler.next(), comm.rank, comm.size)
                 lr = lr_at(step, tcfg.lr, tcfg.schedule, tcfg.warmup, total, tcfg.min_lr) * st["lr_scale"]
+                reason = None
                 if len(idx):
-                    loss, stats = task.loss_and_grads(theta, grad, task.make_batch(idx))
-                    loss, n = float(loss), int(stats.get("n", len(idx)))
+                    try:
+                        loss, stats = task.loss_and_grads(theta, grad, task.make_batch(idx))
+                        loss, n = float(loss), int(stats.get("n", len(idx)))
+                    except NumericalError as e:  # e.g. a metric that is not PD: a bad step like a NaN
+                        reason = " ".join(str(e).split())
+                        grad[:] = math.nan
+                        loss, n, stats = math.nan, len(idx), {}
                 else:
                     grad[:] = 0.0
                     loss, n, stats = 0.0, 0, {}
@@ -349,13 +355,15 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                     if st["consec_bad"] % tcfg.backoff_after == 0:
                         st["lr_scale"] *= tcfg.backoff
                     log(dict(kind="skip", step=step + 1, epoch=epoch, loss=loss, grad_norm=norm, lr=lr,
-                             skipped=st["skipped"], consec_bad=st["consec_bad"], lr_scale=st["lr_scale"]))
+                             skipped=st["skipped"], consec_bad=st["consec_bad"], lr_scale=st["lr_scale"],
+                             **({"reason": reason} if reason else {})))
                     if st["consec_bad"] >= tcfg.max_bad_steps:
                         log(dict(kind="stop", step=step + 1, reason="non-finite", skipped=st["skipped"]))
                         good = last_ckpt[0] if last_ckpt[0] is not None else "none written yet"
                         raise NumericalError(
                             f"stopped at step {step + 1} after {st['consec_bad']} non-finite steps in a row "
-                            f"(loss {loss}, grad norm {norm}); last good checkpoint: {good}; resume from it "
+                            f"(loss {loss}, grad norm {norm}{'; ' + reason if reason else ''}); last good "
+                            f"checkpoint: {good}; resume from it "
                             f"with a lower --lr or --clip")
                 st["step"] = step + 1
                 dt = time.perf_counter() - t0

@@ -25,6 +25,7 @@ SCENARIOS = {
     "uneven64": (dict(dtype="float64"), dict(batch_size=5), None),
     "tiny64": (dict(dtype="float64"), dict(batch_size=1), None),  # rank 1 gets empty shards
     "nan64": (dict(dtype="float64", nan_at=(3,), ranks=(1,)), dict(batch_size=8), None),
+    "raise64": (dict(dtype="float64", raise_at=(5,), ranks=(1,)), dict(batch_size=7), None),
     "even32": (dict(dtype="float32"), dict(batch_size=16), None),
     "resume64": (dict(dtype="float64"), dict(batch_size=6), 4),
 }

@@ -114,7 +114,7 @@ def _reference(tmp_path, name):
 
 
 @pytest.mark.parametrize("name,tol", [("even64", 1e-10), ("uneven64", 1e-10), ("tiny64", 1e-10),
-                                      ("nan64", 1e-10), ("even32", 1e-5), ("resume64", 1e-10)])
+                                      ("nan64", 1e-10), ("raise64", 1e-10), ("even32", 1e-5), ("resume64", 1e-10)])
 def test_two_ranks_match_one_process(mpi_suite, tmp_path, name, tol):
     out, _ = mpi_suite
     ref, res = _reference(tmp_path, name)
@@ -134,6 +134,11 @@ def test_nan_on_one_rank_skips_on_every_rank(mpi_suite):
     assert int(np.load(out / "nan64_rank1.npz")["skipped"]) == 1
     recs = (out / "run_nan64" / "metrics.jsonl").read_text()
     assert '"kind": "skip"' in recs and '"step": 4' in recs
+
+
+def test_numerical_error_on_one_rank_is_skipped_by_all(mpi_suite):
+    out, _ = mpi_suite
+    assert [int(np.load(out / f"raise64_rank{r}.npz")["skipped"]) for r in (0, 1)] == [1, 1]
 
 
 def test_sigint_on_rank0_stops_every_rank_at_the_same_step(mpi_suite):

@@ -206,6 +206,13 @@ def test_nan_and_inf_steps_are_skipped_and_leave_theta_untouched(tmp_path):
     assert load_checkpoint(tmp_path / "r").train["adam_t"] == 12 - 2
 
 
+def test_numerical_error_in_a_step_is_a_skip(tmp_path):
+    _, res, _ = run(tmp_path, task_kw=dict(raise_at=(2,)))
+    assert res["skipped"] == 1 and res["steps_done"] == 12
+    (skip,) = records(tmp_path / "run", "skip")
+    assert skip["step"] == 3 and "not positive definite" in skip["reason"]
+
+
 def test_repeated_skips_back_off_the_learning_rate(tmp_path):
     _, res, _ = run(tmp_path, task_kw=dict(nan_at=(2, 3, 4, 6, 7, 8)), backoff=0.5, backoff_after=3)
     assert res["skipped"] == 6 and res["lr_scale"] == 0.25

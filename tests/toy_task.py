@@ -4,7 +4,7 @@
     loss   = mean_i -log softmax(logits_i)[y_i]
     dlogits = (softmax - onehot(y)) / n;  dW = X^T dlogits;  db = sum_i dlogits_i
 Fault injection: the k-th call (0-based, per process) of loss_and_grads listed in nan_at returns a NaN loss
-and gradient, in inf_at an Inf in the gradient only; `ranks` limits injection to those MPI ranks.
+and gradient, in inf_at an Inf in the gradient only, in raise_at raises NumericalError; `ranks` limits injection to those MPI ranks.
 `delay` sleeps in each call (for signal tests).
 """
 import math
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geolm.errors import NumericalError
 from geolm.params import ParamSpec
 from geolm.train import Task
 
@@ -34,7 +35,7 @@ def _xent(theta, spec, X, y):
 
 
 def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", seed=0, nan_at=(), inf_at=(),
-                  ranks=None, delay=0.0, family="toy", noise=False):
+                  ranks=None, delay=0.0, raise_at=(), family="toy", noise=False):
     """(task, theta0). noise=True gives the task an RNG that perturbs each batch's inputs (RNG-state test)."""
     cfg = ToyConfig(features, classes, dtype)
     dt = np.dtype(dtype)
@@ -65,6 +66,8 @@ def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", 
         calls["n"] += 1
         if delay:
             time.sleep(delay)
+        if k in raise_at and (ranks is None or rank() in ranks):
+            raise NumericalError("metric not positive definite at eps=0.1 (toy)")
         n = len(yb)
         logits, lse, nll = _xent(theta, spec, Xb, yb)
         probs = np.exp(logits - lse[:, None])  # [n,C]
