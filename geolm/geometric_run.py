@@ -1,0 +1,396 @@
+"""The geometric-LM table (spec 2.8-2.9): corpus -> tokenizer -> windows -> geometry -> every model -> results.
+
+One tokenizer, vocabulary, split and UNK policy for all models; every model is scored on the same validation
+targets (every position of every validation story, PAD left-padded context, no end-of-story target).
+Geometry (train stories only): symmetric window-5 counts -> PPMI -> rank-k SVD -> unit sphere X; top-K PPMI graph
+(nbr, A); successor geometry: directed window-1 counts -> PPMI -> out-role coordinates Xout (--successor-dim).
+Under MPI the counts are computed on shards of the stories and summed (exact integers), the SVD runs on rank 0
+and is broadcast; training is data-parallel through geolm.train.fit; only rank 0 writes.
+Outputs: DIR/results.json, DIR/curves.png, DIR/models/<name>/ (checkpoints + metrics.jsonl), DIR/tokenizers/.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import geometric as G
+from .config import opt, positive, require
+from .errors import ConfigError
+
+TRAINED = tuple(G.MODELS)
+KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
+ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
+              "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
+              "geo_successor_shuffled")
+EVAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class GeoRunConfig:
+    data: str = opt("roneneldan/TinyStories", "hub dataset name, local training file/directory, or 'builtin'")
+    val_data: str = opt(None, "local validation file (default: the sibling valid* file or the hub split)")
+    vocab_size: int = opt(4096, "BPE vocabulary size (model vocabulary = tokens seen >= --min-count times, capped)")
+    min_count: int = opt(5, "keep tokens seen at least this often; the rest are UNK")
+    dim: int = opt(64, "MLP hidden width and attention width")
+    epochs: int = opt(5, "training epochs per model")
+    lr: float = opt(1e-4, "Adam learning rate (constant)")
+    batch_size: int = opt(128, "examples per Adam step (global under MPI)")
+    clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
+    max_train_stories: int = opt(2000, "first N training stories")
+    max_val_stories: int = opt(1000, "first N validation stories")
+    kappa_holdout: int = opt(1000, "held-out training stories (after the first N) used to fit the kappa coefficients")
+    context: int = opt(8, "context tokens per prediction")
+    k: int = opt(4, "graph neighbours per token")
+    coord_dim: int = opt(3, "sphere dimension of the symmetric PPMI coordinates")
+    window: int = opt(5, "co-occurrence window (tokens after each token, within a story)")
+    ppmi_smoothing: float = opt(0.0, "context-distribution smoothing alpha for PPMI (0 = none, e.g. 0.75)")
+    successor_dim: int = opt(32, "dimension of the successor (directed PPMI) coordinates")
+    successor_context: int = opt(2, "last n context tokens whose successor coordinates geo_successor reads")
+    models: str = opt("all", "comma-separated models (default all): " + ",".join(ALL_MODELS))
+    seed: int = opt(0, "seed of initialisation, batch order and permutation controls")
+    output: str = opt("runs/geometric", "output directory (results.json, curves.png, checkpoints, tokenizer)")
+    threads: int = opt(0, "BLAS/Numba threads (0 = cores / MPI ranks on this node)")
+    resume: bool = opt(False, "continue each model from its newest checkpoint in --output")
+
+    def __post_init__(self):
+        positive(self, "vocab_size", "min_count", "dim", "epochs", "lr", "batch_size", "max_train_stories",
+                 "max_val_stories", "context", "k", "coord_dim", "window", "successor_dim", "successor_context")
+        require(self.context >= 2, "context", f"needs at least 2 tokens (two ids for trigram), got {self.context}")
+        require(self.successor_context <= self.context, "successor_context",
+                f"must be <= --context {self.context}, got {self.successor_context}")
+        require(0.0 <= self.ppmi_smoothing <= 1.0, "ppmi_smoothing", f"must be in [0, 1], got {self.ppmi_smoothing}")
+        require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0, "kappa_holdout",
+                "--kappa-holdout, --clip and --threads must be >= 0")
+        model_list(self.models)
+
+
+def model_list(models):
+    """Parse --models: 'all' or a comma list of names from ALL_MODELS (order kept, duplicates dropped)."""
+    names = list(ALL_MODELS) if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in names if m not in ALL_MODELS]
+    if bad or not names:
+        raise ConfigError(f"--models: unknown model {', '.join(bad) or '(empty)'}; valid: all or {','.join(ALL_MODELS)}")
+    return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------- data + geometry
+
+def _log(msg, comm):
+    if comm.rank == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def load_data(cfg, comm):
+    """-> dict(tok, train/val/heldout id lists, source line, provenance fields)."""
+    from .data import load_corpus
+    from .tokenizer import get_tokenizer
+
+    corpus = load_corpus(cfg.data, cfg.val_data, max_train=cfg.max_train_stories + cfg.kappa_holdout,
+                         max_val=cfg.max_val_stories, seed=cfg.seed, quiet=comm.rank != 0)
+    train = corpus.train[: cfg.max_train_stories]
+    heldout = corpus.train[cfg.max_train_stories:]
+    ho_src = f"training stories {cfg.max_train_stories}..{cfg.max_train_stories + len(heldout) - 1}"
+    if not heldout and cfg.kappa_holdout:  # file too small: hold out the last 5 % of train (not trained on)
+        n_ho = max(1, len(train) // 20) if len(train) > 1 else 0
+        train, heldout = train[: len(train) - n_ho], train[len(train) - n_ho:]
+        ho_src = f"last {n_ho} of the training stories (held out of training: the file has no more)"
+    tok = get_tokenizer(train, cfg.vocab_size, min_frequency=cfg.min_count, cache_dir=Path(cfg.output),
+                        min_count=cfg.min_count)
+    tr, va, ho = tok.encode_stories(train), tok.encode_stories(corpus.val), tok.encode_stories(heldout)
+    return dict(tok=tok, train=tr, val=va, heldout=ho, source=corpus.source, heldout_source=ho_src,
+                n_train=len(train), n_val=len(corpus.val), n_heldout=len(heldout))
+
+
+def _shard_counts(fn, stories, V, comm, **kw):
+    """Counts of this rank's stories, summed over ranks (exact int64)."""
+    C = fn(stories[comm.rank::comm.size], V, **kw).tocoo()
+    if comm.size == 1:
+        return C.tocsr()
+    allp = _allgather_obj(comm, (C.row, C.col, C.data))
+    r = np.concatenate([p[0] for p in allp])
+    c = np.concatenate([p[1] for p in allp])
+    d = np.concatenate([p[2] for p in allp])
+    out = sp.coo_matrix((d, (r, c)), shape=C.shape).tocsr()
+    out.sum_duplicates()
+    return out
+
+
+def _allgather_obj(comm, obj):
+    raw = getattr(comm, "comm", None)
+    if raw is not None and hasattr(raw, "allgather"):
+        return raw.allgather(obj)
+    return [obj]
+
+
+def build_geometry(cfg, tok, train, comm):
+    """Symmetric coords X [V,k], graph (nbr, A), successor coords Xout, their permutation controls, info."""
+    from .coords import sphere_coords, successor_coords
+    from .graph import topk_graph
+    from .pmi import cooccurrence, directed_cooccurrence, ppmi
+
+    V, unk = tok.V, tok.unk_id
+    sm = cfg.ppmi_smoothing or None
+    C = _shard_counts(cooccurrence, train, V, comm, window=cfg.window, exclude=(unk,))
+    D = _shard_counts(directed_cooccurrence, train, V, comm, window=1, exclude=(unk,))
+
+    def svd():
+        P = ppmi(C, sm)
+        X, info = sphere_coords(P, cfg.coord_dim, seed=cfg.seed, fill_rows=(unk,))
+        nbr, _ = topk_graph(P, cfg.k)
+        Xout, _, sinfo = successor_coords(ppmi(D, sm), cfg.successor_dim, seed=cfg.seed, fill_rows=(unk,))
+        return X, nbr, Xout, info, sinfo
+
+    if comm.size == 1:
+        X, nbr, Xout, info, sinfo = svd()
+    else:
+        X, nbr, Xout, info, sinfo = comm.bcast_obj(svd() if comm.rank == 0 else None)
+    from .graph import neighbour_graph
+    A = neighbour_graph(nbr, V)
+    rng = np.random.default_rng([cfg.seed, 7])
+    perm, perm2 = rng.permutation(V), rng.permutation(V)
+    pad = tok.pad_id
+    tables = {"sym": G.build_tables(X, nbr, pad, Xout, cfg.successor_context),
+              "sym_shuffled": G.build_tables(X[perm], nbr[perm], pad, Xout, cfg.successor_context),
+              "succ": G.build_tables(X, nbr, pad, Xout, cfg.successor_context),
+              "succ_shuffled": G.build_tables(X, nbr, pad, Xout[perm2], cfg.successor_context)}
+    ginfo = {"spectrum_kept": info["spectrum_kept"], "coord_dim": cfg.coord_dim, "filled_rows": info["filled_rows"],
+             "successor_spectrum_kept": sinfo["spectrum_kept"], "successor_dim": cfg.successor_dim,
+             "graph_edges": int(A.nnz // 2), "nnz_ppmi_counts": int(C.nnz)}
+    return dict(X=X, nbr=nbr, A=A, tables=tables, info=ginfo)
+
+
+# ---------------------------------------------------------------------------- tasks
+
+def make_task(mc, tables, Xtr, ytr, Xva, yva, tok_hash=""):
+    """geolm.train.Task for one trained geometric model."""
+    from .params import ParamSpec
+    from .train import Task
+
+    spec = ParamSpec(G.model_shapes(mc))
+    cache = {}
+
+    def views(buf):
+        key = (buf.__array_interface__["data"][0], buf.dtype.str)
+        if key not in cache:
+            cache[key] = spec.views(buf)
+        return cache[key]
+
+    def make_batch(idx):
+        return Xtr[idx], ytr[idx]
+
+    def loss_and_grads(theta, grad, batch):
+        ctx, y = batch
+        grad[:] = 0.0
+        loss = G.model_loss_and_grads(mc, tables, views(theta), views(grad), ctx, y)
+        return loss, {"n": len(y)}
+
+    def eval_nll(theta, batch):
+        ctx, y = batch
+        return G.model_nll(mc, tables, views(theta), ctx, y)
+
+    def val_batches():
+        for i in range(0, len(yva), EVAL_BATCH):
+            yield Xva[i:i + EVAL_BATCH], yva[i:i + EVAL_BATCH]
+
+    return Task(family=f"geometric/{mc.name}", cfg=mc, spec=spec, n_train=len(ytr), make_batch=make_batch,
+                loss_and_grads=loss_and_grads, eval_nll=eval_nll, val_batches=val_batches, tokenizer_hash=tok_hash)
+
+
+def init_theta(mc, spec, seed):
+    theta = spec.zeros(np.float32)
+    G.model_init_(mc, spec.views(theta), np.random.default_rng([seed, sum(map(ord, mc.name))]))
+    return theta
+
+
+def _epochs_from_history(history, spe):
+    """[{"epoch", "train_loss", "val_ppl"}] from fit's history records."""
+    out = {}
+    tr = {}
+    for r in history:
+        if r.get("kind") == "train" and isinstance(r.get("loss"), float):
+            e = (r["step"] - 1) // spe + 1
+            tr.setdefault(e, []).append(r["loss"])
+        if r.get("kind") == "eval":
+            e = int(round(r["step"] / spe))
+            out[e] = r.get("val_ppl")
+    return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e]}
+            for e in sorted(out)]
+
+
+# ---------------------------------------------------------------------------- the run
+
+def _windows(stories, C, pad):
+    from .batches import context_windows
+
+    X, y = context_windows(stories, C, pad)
+    return np.ascontiguousarray(X, dtype=np.int32), np.ascontiguousarray(y, dtype=np.int32)
+
+
+def run(cfg, *, progress=True, comm=None):
+    """Train and score every requested model; write results.json and curves.png (rank 0). -> results dict."""
+    from .distributed import configure_threads, get_comm
+    from .train import TrainConfig, fit
+
+    comm = comm or get_comm()
+    configure_threads(cfg.threads, comm)
+    names = model_list(cfg.models)
+    need = [n for n in names if n in TRAINED] + [KAPPA[n] for n in names if n in KAPPA]
+    need = list(dict.fromkeys(need))
+    out = Path(cfg.output)
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    d = load_data(cfg, comm)
+    tok, V, pad = d["tok"], d["tok"].V, d["tok"].pad_id
+    Xtr, ytr = _windows(d["train"], cfg.context, pad)
+    Xva, yva = _windows(d["val"], cfg.context, pad)
+    Xho, yho = _windows(d["heldout"], cfg.context, pad) if d["heldout"] else (None, None)
+    t_data = time.perf_counter() - t0
+    n_tok_val = int(len(yva))
+    data = {"source": d["source"], "train_stories": d["n_train"], "val_stories": d["n_val"], "vocab_size": V,
+            "val_tokens": n_tok_val, "unk_rate": tok.unk_rate(d["val"]), "train_unk_rate": tok.unk_rate(d["train"]),
+            "train_tokens": int(len(ytr)), "heldout_stories": d["n_heldout"], "heldout_source": d["heldout_source"],
+            "tokenizer_hash": tok.hash, "seconds": t_data}
+    _log(f"data: {d['source']}; {d['n_train']} train / {d['n_val']} val stories, V={V}, "
+         f"{len(ytr)} train / {n_tok_val} val targets, val UNK rate {data['unk_rate']:.4f}", comm)
+
+    t0 = time.perf_counter()
+    geo = build_geometry(cfg, tok, d["train"], comm)
+    data["geometry"] = dict(geo["info"], seconds=time.perf_counter() - t0)
+    _log(f"geometry: {cfg.coord_dim}-D sphere keeps {geo['info']['spectrum_kept']:.3%} of the PPMI spectrum, "
+         f"successor {cfg.successor_dim}-D keeps {geo['info']['successor_spectrum_kept']:.3%}, "
+         f"{geo['info']['graph_edges']} graph edges ({data['geometry']['seconds']:.1f} s)", comm)
+
+    results = {}
+    if "bigram" in names:
+        from .ngram import bigram_fit, bigram_nll
+        t0 = time.perf_counter()
+        counts = bigram_fit(Xtr[:, -1], ytr, V)
+        s, n = bigram_nll(counts, Xva[:, -1], yva)
+        results["bigram"] = {"val_ppl": math.exp(s / n), "val_loss": s / n, "epochs": [], "params": 0,
+                             "seconds": time.perf_counter() - t0}
+
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
+                       seed=cfg.seed, threads=cfg.threads, log_every=50, keep_checkpoints=1)
+    spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
+    thetas = {}
+    for name in need:
+        mc = G.GeoModelConfig(name=name, Vi=pad + 1, V=V, H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
+                              n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
+        task = make_task(mc, geo["tables"][mc.table_set], Xtr, ytr, Xva, yva, tok.hash)
+        theta = init_theta(mc, task.spec, cfg.seed)
+        _log(f"[{name}] {task.spec.size:,} parameters, {spe} steps/epoch x {cfg.epochs} epochs", comm)
+        t0 = time.perf_counter()
+        res = fit(task, theta, tcfg, out / "models" / name, resume=cfg.resume, progress=progress, comm=comm)
+        secs = time.perf_counter() - t0
+        thetas[name] = (mc, task, theta)
+        if name in names:
+            results[name] = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
+                             "epochs": _epochs_from_history(res["history"], spe), "seconds": secs,
+                             "train_seconds": res["seconds"], "params": int(task.spec.size),
+                             "best_val_ppl": res["best_val_ppl"], "skipped_steps": res["skipped"]}
+        _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
+
+    for kname, base in KAPPA.items():
+        if kname not in names:
+            continue
+        mc, task, theta = thetas[base]
+        t0 = time.perf_counter()
+        kres = kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, cfg.seed)
+        kt = time.perf_counter() - t0
+        results[kname] = dict(kres["published"], epochs=[], params=int(task.spec.size), seconds=kt, base=base,
+                              coefficients=[1.0, 1.0])
+        results[kname + "_fit"] = dict(kres["fitted"], epochs=[], params=int(task.spec.size) + 2, seconds=kt,
+                                       base=base, fit=kres["fit"])
+        _log(f"[{kname}] published (1, 1): ppl {kres['published']['val_ppl']:.2f}; fitted "
+             f"({kres['fit']['a']:.3f}, {kres['fit']['b']:.3f}): ppl {kres['fitted']['val_ppl']:.2f}", comm)
+
+    order = [n for n in ALL_MODELS for n2 in (n, n + "_fit") if n2 in results]
+    results = {n: results[n] for n in dict.fromkeys(n2 for n in order for n2 in (n, n + "_fit") if n2 in results)}
+    summary = {"config": dataclasses.asdict(cfg), "data": data, "models": results,
+               "seconds_total": time.perf_counter() - t_all, "threads": _threads()}
+    if comm.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "results.json", summary)
+        write_curves(out / "curves.png", results, cfg.epochs)
+    return summary
+
+
+def kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, seed, n_fit=4096):
+    """Validation NLL of a trained model re-weighted with (1, 1) and with coefficients fitted on held-out text."""
+    from . import kappa as K
+
+    p = task.spec.views(theta)
+    X, A = geo["X"], geo["A"]
+    fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
+    if Xho is not None and len(yho):
+        sel = np.random.default_rng([seed, 11]).permutation(len(yho))[:n_fit]
+        sel.sort()
+        logits, _ = G.model_forward(mc, geo["tables"][mc.table_set], p, Xho[sel])
+        logp = K.log_softmax(logits)
+        cont, kap = K.bias_features(X, A, Xho[sel], pad)
+        a, b, info = K.fit_coefficients(logp, cont, kap, yho[sel])
+        fit = dict(info, a=a, b=b, source=f"{len(sel)} held-out positions")
+    out = {}
+    for key, (a, b) in (("published", K.PUBLISHED), ("fitted", (fit["a"], fit["b"]))):
+        s = n = 0
+        for i in range(0, len(yva), EVAL_BATCH):
+            ctx, y = Xva[i:i + EVAL_BATCH], yva[i:i + EVAL_BATCH]
+            logits, _ = G.model_forward(mc, geo["tables"][mc.table_set], p, ctx)
+            ds, dn = K.biased_eval_nll(logits, ctx, y, X, A, pad, a, b)
+            s, n = s + ds, n + dn
+        out[key] = {"val_ppl": K.ppl(s, n), "val_loss": s / n}
+    out["fit"] = fit
+    return out
+
+
+def _threads():
+    try:
+        from threadpoolctl import threadpool_info
+        return max((i.get("num_threads", 0) for i in threadpool_info()), default=0)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(type(x).__name__)
+
+
+def write_curves(path, results, epochs):
+    from .plots import plot_curves
+
+    curves = {}
+    for name, r in results.items():
+        if r.get("epochs"):
+            curves[name] = ([e["epoch"] for e in r["epochs"]], [e["val_ppl"] for e in r["epochs"]])
+        elif r.get("val_ppl") is not None:  # untrained (bigram, kappa): flat line
+            curves[name] = ([1, max(1, epochs)], [r["val_ppl"]] * 2)
+    if curves:
+        plot_curves(curves, path, title="geometric LMs: validation perplexity", logy=True)
+
+
+def table(summary):
+    """Printable final table: model, params, val ppl, seconds."""
+    rows = [f"{'model':<24}{'params':>12}{'val ppl':>12}{'seconds':>10}"]
+    for name, r in summary["models"].items():
+        v = r.get("val_ppl")
+        rows.append(f"{name:<24}{r.get('params', 0):>12,}{(f'{v:.2f}' if v is not None else '-'):>12}"
+                    f"{r.get('seconds', 0.0):>10.1f}")
+    return "\n".join(rows)

@@ -1,0 +1,104 @@
+"""Inference-time kappa / angle bias on a trained model's log-probabilities (spec 2.9 item 7), and its fitted variant.
+
+M positions . V classes . k coordinate dim
+
+For current token t, previous token s = t-1 and candidate w (x = unit sphere coordinates, A = top-K PMI graph):
+    cont_w  = cos angle(x_t - x_s, x_w - x_t)            (0 when s or t is PAD, or x_w = x_t, or x_s = x_t)
+    kappa_w = Dice kappa(t, w) on A, -1 where {t, w} is not an edge (geolm.graph.kappa_lookup)
+    log p'(w) = log p(w) + a cont_w - b kappa_w - logsumexp_w'(log p(w') + a cont_w' - b kappa_w')
+Published (BLOG 06-12): a = b = 1, untuned. Fitted: (a, b) minimise the held-out NLL
+    L(a, b) = mean_m [logsumexp_w(l_mw + a c_mw - b k_mw) - (l_my + a c_my - b k_my)],
+convex in (a, b) (a log-partition of features (c, -k)), with gradient E_p'[f] - f_y; minimised by L-BFGS on cached
+log-probabilities of held-out training text (never the validation set).
+For unit x: |x_w - x_t| = sqrt(2 - 2 x_w.x_t), so cont = (X u - x_t.u) / |x_w - x_t| with u = unit(x_t - x_s):
+two [M,k] x [k,V] products, no [M,V,k] tensor.
+"""
+import math
+
+import numpy as np
+import scipy.optimize
+
+from .graph import kappa_lookup
+
+PUBLISHED = (1.0, 1.0)
+
+
+def continuity(X, prev, cur, pad_id, dtype=np.float32):
+    """cont [M,V]: cosine between the step x_t - x_s and each candidate step x_w - x_t (see module docstring).
+
+    X [V,k] unit rows (classes only); prev, cur [M] int ids (PAD = pad_id or any id >= V gives a zero row).
+    """
+    X = np.asarray(X, np.float64)
+    V = X.shape[0]
+    prev = np.asarray(prev, np.int64)
+    cur = np.asarray(cur, np.int64)
+    ok = (prev < V) & (cur < V) & (prev != pad_id) & (cur != pad_id)
+    xs = X[np.where(ok, prev, 0)]  # [M,k]
+    xt = X[np.where(ok, cur, 0)]  # [M,k]
+    step = xt - xs
+    n = np.linalg.norm(step, axis=1)  # [M]
+    ok &= n > 1e-9
+    u = step / np.where(ok, n, 1.0)[:, None]  # [M,k] unit step
+    num = u @ X.T - np.sum(xt * u, axis=1, keepdims=True)  # [M,V] = (x_w - x_t).u
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * (xt @ X.T), 0.0))  # [M,V] = |x_w - x_t|
+    cont = np.where(dist > 1e-6, num / np.maximum(dist, 1e-6), 0.0)
+    cont[~ok] = 0.0
+    return np.clip(cont, -1.0, 1.0).astype(dtype)
+
+
+def bias_features(X, A, ctx, pad_id, dtype=np.float32):
+    """(cont [M,V], kappa [M,V]) for context windows ctx [M,C] (t = ctx[:,-1], s = ctx[:,-2])."""
+    cont = continuity(X, ctx[:, -2], ctx[:, -1], pad_id, dtype)
+    kap = kappa_lookup(A, ctx[:, -1], dtype=dtype)  # [M,V], -1 off-graph and for PAD
+    return cont, kap
+
+
+def log_softmax(z):
+    """Row-wise log-softmax (float64 accumulation of the normaliser). [M,V] -> [M,V] same dtype."""
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1, dtype=np.float64, keepdims=True)).astype(z.dtype) + m
+    return z - lse
+
+
+def biased_nll(logp, cont, kap, y, a, b):
+    """Summed NLL of the re-weighted model and its gradient w.r.t. (a, b): -> (nll_sum, [dA, dB]) float64."""
+    z = logp + (a * cont - b * kap).astype(logp.dtype)  # [M,V]
+    m = z.max(axis=1, keepdims=True)
+    e = np.exp(z - m)  # [M,V]
+    s = e.sum(axis=1, dtype=np.float64)  # [M]
+    rows = np.arange(len(y))
+    nll = np.log(s) + m[:, 0] - z[rows, y]
+    p_dot_c = np.einsum("mv,mv->m", e, cont, dtype=np.float64) / s  # E_p'[cont]
+    p_dot_k = np.einsum("mv,mv->m", e, kap, dtype=np.float64) / s
+    g = np.array([np.sum(p_dot_c - cont[rows, y]), -np.sum(p_dot_k - kap[rows, y])])
+    return float(nll.sum()), g
+
+
+def fit_coefficients(logp, cont, kap, y, x0=(0.0, 0.0)):
+    """Held-out fit of (a, b): -> (a, b, info) with info = {"nll_fitted", "nll_published", "nll_none", "n"}."""
+    n = len(y)
+
+    def f(v):
+        s, g = biased_nll(logp, cont, kap, y, float(v[0]), float(v[1]))
+        return s / n, g / n
+
+    res = scipy.optimize.minimize(f, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
+                                  bounds=[(-20.0, 20.0), (-20.0, 20.0)])
+    a, b = (float(v) for v in res.x)
+    info = {"nll_fitted": float(res.fun), "nll_published": f(PUBLISHED)[0], "nll_none": f((0.0, 0.0))[0], "n": n,
+            "iterations": int(res.nit)}
+    return a, b, info
+
+
+def biased_eval_nll(logits, ctx, y, X, A, pad_id, a, b):
+    """Summed NLL (float64) of logits [M,V] re-weighted with coefficients (a, b) -> (nll_sum, n)."""
+    logp = log_softmax(logits)
+    if a == 0.0 and b == 0.0:
+        return float(-logp[np.arange(len(y)), y].astype(np.float64).sum()), len(y)
+    cont, kap = bias_features(X, A, ctx, pad_id, logp.dtype)
+    s, _ = biased_nll(logp, cont, kap, y, a, b)
+    return s, len(y)
+
+
+def ppl(nll_sum, n):
+    return math.exp(nll_sum / n) if nll_sum / n < 700 else math.inf
