@@ -9,10 +9,10 @@ Prints full-dimension cluster statistics (silhouette, k-NN purity, chance purity
 import json
 import sys
 
-from geolm.checkpoint import load_checkpoint
 from geolm.config import ArgParser
 from geolm.errors import CheckpointError, ConfigError, cli_main
 from geolm import semantic
+from geolm.riemann_run import load_model
 
 
 def _parser():
@@ -22,9 +22,9 @@ def _parser():
     ap.add_argument("--n", type=int, default=200, help="number of trajectories")
     ap.add_argument("--output", default="semantic_map.png", help="PNG path")
     ap.add_argument("--json", default=None, help="also write the statistics to this JSON file")
-    ap.add_argument("--data", default=None, help="training data (to rebuild the tokenizer); default: from checkpoint")
+    ap.add_argument("--data", default=None, help="data of the run (default: as recorded in the checkpoint)")
     ap.add_argument("--val-data", default=None, help="validation stories; default: from checkpoint / --data")
-    ap.add_argument("--max-train", type=int, default=None, help="stories of --data used for the tokenizer")
+    ap.add_argument("--max-train", type=int, default=None, help="training stories read from --data (default: as recorded)")
     ap.add_argument("--max-val", type=int, default=None, help="validation stories to sample from")
     ap.add_argument("--lexicon", default=None, help="word<TAB>noun|verb file (default: shipped lexicon)")
     ap.add_argument("--k", type=int, default=10, help="neighbours for k-NN purity")
@@ -33,25 +33,16 @@ def _parser():
     return ap
 
 
-def _tokenizer_and_val(ck, args):
+def _val_stories(ck, tok, args):
     from geolm.data import load_corpus
-    from geolm.tokenizer import get_tokenizer
 
     ex = ck.extra
     data = args.data or ex.get("data")
     if data is None:
-        raise CheckpointError(f"checkpoint {ck.path} does not record its training data; pass --data (and "
-                              f"--val-data) as used for training")
-    corpus = load_corpus(data, args.val_data or ex.get("val_data"),
-                         max_train=args.max_train or ex.get("max_train", 2000),
-                         max_val=args.max_val or ex.get("max_val", 1000), quiet=True)
-    cfg = ck.meta["cfg"]
-    tok = get_tokenizer(corpus.train, cfg["vocab_size"], ex.get("min_frequency", 2), ex.get("tokenizer_dir"))
-    if ck.meta.get("tokenizer") and tok.hash != ck.meta["tokenizer"]:
-        raise CheckpointError(f"tokenizer rebuilt from {data} differs from the checkpoint's; pass the --data, "
-                              f"--max-train used for training")
-    stories = [s[:-1] if len(s) and s[-1] == tok.eos_id else s for s in tok.encode_stories(corpus.val)]
-    return tok, stories, corpus.source
+        raise CheckpointError(f"checkpoint {ck.path} does not record its data; pass --data (and --val-data)")
+    corpus = load_corpus(data, args.val_data or ex.get("val_data"), max_train=args.max_train or ex.get("max_train"),
+                         max_val=args.max_val or ex.get("max_val"), quiet=True)
+    return tok.encode_stories(corpus.val), corpus.source
 
 
 @cli_main
@@ -59,14 +50,15 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.n < 2 or args.k < 1 or args.dpi < 50:
         raise ConfigError("need --n >= 2, --k >= 1 and --dpi >= 50; e.g. --n 200 --k 10 --dpi 220")
-    ck = load_checkpoint(args.checkpoint, expect_family="riemann")
-    theta, cfg, spec = semantic.model_from_checkpoint(ck)
+    theta, cfg, spec, tok, ck = load_model(args.checkpoint)
     control = None
     if args.control_checkpoint:
-        cck = load_checkpoint(args.control_checkpoint, expect_family="riemann",
-                              expect_tokenizer=ck.meta.get("tokenizer") or None)
-        control = semantic.model_from_checkpoint(cck)
-    tok, stories, source = _tokenizer_and_val(ck, args)
+        c_theta, c_cfg, c_spec, c_tok, _ = load_model(args.control_checkpoint)
+        if c_tok.hash != tok.hash:
+            raise CheckpointError("the control checkpoint uses another tokenizer; train it on the same --data "
+                                  "and --vocab-size")
+        control = (c_theta, c_cfg, c_spec)
+    stories, source = _val_stories(ck, tok, args)
     lex = semantic.load_lexicon(args.lexicon)
     res = semantic.semantic_map(theta, cfg, spec, tok, stories, path=args.output, n=args.n, seed=args.seed,
                                 lexicon=lex, control=control, k=args.k, dpi=args.dpi)

@@ -257,6 +257,9 @@ def draw_semantic_map(path, traj2d, labels, words, grid=None, title="", dpi=220,
         ax.annotate(str(words[i]).strip() or "?", traj2d[-1, i], fontsize=5.5, alpha=0.85,
                     xytext=(2, 2), textcoords="offset points", zorder=5,
                     color=CLASS_COLORS.get(str(labels[i]), "k"))
+    if grid is not None:
+        ax.set_xlim(grid[0][0], grid[0][-1])
+        ax.set_ylim(grid[1][0], grid[1][-1])
     ax.set_xlabel("PC 1 of endpoints z_T")
     ax.set_ylabel("PC 2 of endpoints z_T")
     ax.set_title(title or "semantic map: trajectories z_0 -> z_T, endpoint token = head argmax")
@@ -264,10 +267,11 @@ def draw_semantic_map(path, traj2d, labels, words, grid=None, title="", dpi=220,
     return save_figure(fig, path, dpi=dpi)
 
 
-def plot_limits(traj2d, pad=0.08):
-    """(amin, amax, bmin, bmax) covering all projected states with a margin."""
-    t = np.asarray(traj2d).reshape(-1, 2)
-    lo, hi = t.min(axis=0), t.max(axis=0)
+def plot_limits(traj2d, q=0.01, pad=0.1):
+    """(amin, amax, bmin, bmax): the q..1-q quantiles of all projected states plus a margin (a few far-flung
+    trajectories are clipped rather than squeezing the rest into a corner)."""
+    t = np.asarray(traj2d, dtype=np.float64).reshape(-1, 2)
+    lo, hi = np.quantile(t, q, axis=0), np.quantile(t, 1.0 - q, axis=0)
     span = np.maximum(hi - lo, 1e-6)
     lo, hi = lo - pad * span, hi + pad * span
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
@@ -297,8 +301,9 @@ def sample_positions(stories, n, seed=0, end_frac=0.125):
 
 
 def context_batch(stories, story_idx, pos, T, pad_id):
-    """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i] (right-padded with
-    pad_id, which a causal encoder never reads at earlier positions). -> (ids [n,T] int32, col [n] int)."""
+    """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i], right-padded with
+    pad_id (any id inside the embedding table: a causal encoder never reads later positions for earlier ones).
+    -> (ids [n,T] int32, col [n] int)."""
     n = len(story_idx)
     ids = np.full((n, T), pad_id, dtype=np.int32)
     col = np.empty(n, dtype=np.int64)
@@ -322,8 +327,8 @@ def run_trajectories(theta, cfg, spec, ids, col):
     p = spec.views(theta)
     h, _ = encoder_forward(ids, p["enc"], cfg.heads)                 # [n,T] -> [n,T,D]
     z0 = np.ascontiguousarray(h[np.arange(len(col)), col])          # [n,D]
-    zT, traj, _, _ = riemann._flow(z0, p, cfg)                        # [n,D], [S+1,n,D]
-    logits = riemann._head_forward(zT, p, cfg)[0]                     # [n,V]
+    zT, traj, _, _ = riemann.flow(z0, p, cfg)                        # [n,D], [S+1,n,D]
+    logits = riemann.head_forward(zT, p, cfg)[0]                     # [n,V]
     return {"z0": z0.astype(np.float64), "zT": np.asarray(zT, dtype=np.float64),
             "traj": np.asarray(traj, dtype=np.float64), "pred": np.argmax(logits, axis=1)}
 
@@ -362,13 +367,13 @@ def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexic
     """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
     full-dimension cluster statistics and (if path) draw the map.
 
-    stories: list of model-id int arrays; tok: .decode(ids), .eos_id, .pad_id; control: optional
+    stories: list of model-id int arrays; tok: .decode(ids), .eos_id (also the right padding); control: optional
     (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
     Returns dict(stats={name: endpoint_stats}, counts={class: n}, control_counts, words, labels, png, n).
     """
     lexicon = load_lexicon() if lexicon is None else lexicon
     si, pos = sample_positions(stories, n, seed=seed)
-    ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.pad_id)
+    ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.eos_id)
     run = run_trajectories(theta, cfg, spec, ids, col)
     words, labels = label_tokens(tok, run["pred"], lexicon)
     stats = class_stats({"z_T": run["zT"], "z_0": run["z0"]}, labels, k=k)
@@ -376,7 +381,7 @@ def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexic
            "labels": labels.tolist(), "png": None}
     if control is not None:
         c_theta, c_cfg, c_spec = control
-        c_ids, c_col = context_batch(stories, si, pos, c_cfg.seq_len, tok.pad_id)
+        c_ids, c_col = context_batch(stories, si, pos, c_cfg.seq_len, tok.eos_id)
         c_run = run_trajectories(c_theta, c_cfg, c_spec, c_ids, c_col)
         _, c_labels = label_tokens(tok, c_run["pred"], lexicon)
         c_stats = class_stats({"control z_T": c_run["zT"], "control z_0": c_run["z0"]}, c_labels, k=k)
@@ -389,31 +394,10 @@ def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexic
         lim = plot_limits(traj2d)
         a, b, pts = plane_grid(comps, mean, lim, n=grid_n)
         L = logdet_landscape(theta, cfg, spec, pts)
-        grid = None if L is None else (a, b, L.reshape(grid_n, grid_n))
+        grid = (a, b, np.full((grid_n, grid_n), np.nan) if L is None else L.reshape(grid_n, grid_n))
         st = stats["z_T"]
         ttl = title or (f"semantic map: {n} trajectories, {cfg.ode_steps} RK4 steps, metric {cfg.metric}, "
                         f"r={cfg.rank}; z_T silhouette {st['silhouette']:.3f}, kNN purity {st['knn_purity']:.3f}")
         out["png"] = draw_semantic_map(path, traj2d, labels, words, grid=grid, title=ttl, dpi=dpi)
     return out
 
-
-def model_from_checkpoint(ck):
-    """A loaded Riemannian checkpoint (geolm.checkpoint.Checkpoint) -> (theta, cfg, spec)."""
-    from . import riemann
-    from .config import from_dict
-    from .errors import CheckpointError
-    from .params import ParamSpec
-
-    if ck.family not in (None, "riemann"):
-        raise CheckpointError(f"checkpoint {ck.path} is a {ck.family} model, not riemann; pass a checkpoint "
-                              f"written by examples/train_riemann.py")
-    try:
-        cfg = from_dict(riemann.RiemannConfig, dict(ck.meta.get("cfg", {})))
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {ck.path} has an unreadable RiemannConfig ({e}); pass a checkpoint "
-                              f"written by this geolm version") from e
-    spec = ParamSpec(riemann.param_shapes(cfg))
-    if spec.size != ck.theta.shape[0]:
-        raise CheckpointError(f"checkpoint {ck.path} holds {ck.theta.shape[0]} parameters but its config needs "
-                              f"{spec.size}; the file does not match its own config, re-save it")
-    return ck.theta, cfg, spec
