@@ -48,12 +48,16 @@ def xent_inplace(logits, y):
     return loss, logits
 
 
-def nll_rows(logits, y):
-    """Per-row NLL in float64 [B] from float32 logits [B,V] (does not modify logits)."""
-    m = logits.max(axis=1, keepdims=True)  # [B,1]
-    e = np.exp(logits - m)  # [B,V]
-    lse = np.log(e.sum(axis=1, dtype=np.float64)) + m[:, 0]  # [B]
-    return lse - logits[np.arange(logits.shape[0]), y]
+def nll_rows(logits, y, overwrite=False):
+    """Per-row NLL in float64 [B] from logits [B,V] (float32 ok: shifted exps sum in float64).
+
+    overwrite=True reuses the logits buffer (3 passes, no [B,V] temporaries)."""
+    z = logits if overwrite else logits.copy()
+    rows = np.arange(z.shape[0])
+    z -= z.max(axis=1, keepdims=True)  # [B,V] max 0 per row
+    zy = z[rows, y].astype(np.float64)  # [B]
+    np.exp(z, out=z)
+    return np.log(z.sum(axis=1, dtype=np.float64)) - zy
 
 
 # ---------------------------------------------------------------- frozen geometry
@@ -290,4 +294,4 @@ def model_loss_and_grads(mc, tables, p, dp, ctx, y):
 def model_nll(mc, tables, p, ctx, y):
     """Summed float64 NLL over the batch -> (nll_sum, n)."""
     logits, _ = model_forward(mc, tables, p, ctx)
-    return float(nll_rows(logits, y).sum()), int(len(y))
+    return float(nll_rows(logits, y, overwrite=True).sum()), int(len(y))

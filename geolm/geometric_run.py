@@ -57,6 +57,7 @@ class GeoRunConfig:
     seed: int = opt(0, "seed of initialisation, batch order and permutation controls")
     output: str = opt("runs/geometric", "output directory (results.json, curves.png, checkpoints, tokenizer)")
     threads: int = opt(0, "BLAS/Numba threads (0 = cores / MPI ranks on this node)")
+    jobs: int = opt(0, "models trained in parallel processes, 1 thread each (0 = min(cores, 2); 1 = sequential)")
     resume: bool = opt(False, "continue each model from its newest checkpoint in --output")
 
     def __post_init__(self):
@@ -66,8 +67,8 @@ class GeoRunConfig:
         require(self.successor_context <= self.context, "successor_context",
                 f"must be <= --context {self.context}, got {self.successor_context}")
         require(0.0 <= self.ppmi_smoothing <= 1.0, "ppmi_smoothing", f"must be in [0, 1], got {self.ppmi_smoothing}")
-        require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0, "kappa_holdout",
-                "--kappa-holdout, --clip and --threads must be >= 0")
+        require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0 and self.jobs >= 0, "kappa_holdout",
+                "--kappa-holdout, --clip, --threads and --jobs must be >= 0")
         model_list(self.models)
 
 
@@ -236,8 +237,6 @@ def _windows(stories, C, pad):
 def run(cfg, *, progress=True, comm=None):
     """Train and score every requested model; write results.json and curves.png (rank 0). -> results dict."""
     from .distributed import configure_threads, get_comm
-    from .train import TrainConfig, fit
-
     comm = comm or get_comm()
     configure_threads(cfg.threads, comm)
     names = model_list(cfg.models)
@@ -277,31 +276,32 @@ def run(cfg, *, progress=True, comm=None):
         results["bigram"] = {"val_ppl": math.exp(s / n), "val_loss": s / n, "epochs": [], "params": 0,
                              "seconds": time.perf_counter() - t0}
 
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
-                       seed=cfg.seed, threads=cfg.threads, log_every=50, keep_checkpoints=1)
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
+    jobs = _jobs(cfg, comm, len(need))
+    _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
+                pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs)
     thetas = {}
-    for name in need:
-        mc = G.GeoModelConfig(name=name, Vi=pad + 1, V=V, H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
-                              n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
-        task = make_task(mc, geo["tables"][mc.table_set], Xtr, ytr, Xva, yva, tok.hash)
-        theta = init_theta(mc, task.spec, cfg.seed)
-        _log(f"[{name}] {task.spec.size:,} parameters, {spe} steps/epoch x {cfg.epochs} epochs", comm)
-        t0 = time.perf_counter()
-        res = fit(task, theta, tcfg, out / "models" / name, resume=cfg.resume, progress=progress, comm=comm)
-        secs = time.perf_counter() - t0
-        thetas[name] = (mc, task, theta)
+    if jobs == 1:
+        done = map(_train_model, need)
+    else:  # models in parallel processes, one BLAS thread each (elementwise passes use both cores)
+        import multiprocessing
+        _log(f"training {len(need)} models in {jobs} processes (1 thread each)", comm)
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+        order = sorted(need, key=lambda n: -_cost(n))
+        done = pool.imap_unordered(_train_model, order)
+    for name, entry, mc, theta in done:
+        thetas[name] = (mc, theta)
         if name in names:
-            results[name] = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
-                             "epochs": _epochs_from_history(res["history"], spe), "seconds": secs,
-                             "train_seconds": res["seconds"], "params": int(task.spec.size),
-                             "best_val_ppl": res["best_val_ppl"], "skipped_steps": res["skipped"]}
-        _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
+            results[name] = entry
+    if jobs > 1:
+        pool.close()
+        pool.join()
 
     for kname, base in KAPPA.items():
         if kname not in names:
             continue
-        mc, task, theta = thetas[base]
+        mc, theta = thetas[base]
+        task = make_task(mc, geo["tables"][mc.table_set], Xtr, ytr, Xva, yva, tok.hash)
         t0 = time.perf_counter()
         kres = kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, cfg.seed)
         kt = time.perf_counter() - t0
@@ -321,6 +321,49 @@ def run(cfg, *, progress=True, comm=None):
         _write_json(out / "results.json", summary)
         write_curves(out / "curves.png", results, cfg.epochs)
     return summary
+
+
+_JOB = {}
+
+
+def _cost(name):
+    return {"geo_attention": 3, "geo_attention_full": 4, "trigram": 2, "hybrid": 2, "neural_bigram": 2}.get(name, 1)
+
+
+def _jobs(cfg, comm, n_models):
+    """Parallel model processes: --jobs, or (0) one per core when there are >= 2 models and no MPI."""
+    if comm.size > 1 or n_models < 2:
+        return 1
+    if cfg.jobs:
+        return min(cfg.jobs, n_models)
+    return max(1, min(os.cpu_count() or 1, n_models, 2))
+
+
+def _train_model(name):
+    """Train one model with geolm.train.fit -> (name, results entry, GeoModelConfig, theta)."""
+    from .train import TrainConfig, fit
+
+    J = _JOB
+    cfg = J["cfg"]
+    threads = 1 if J["jobs"] > 1 else cfg.threads
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
+                       seed=cfg.seed, threads=threads, log_every=50, keep_checkpoints=1)
+    mc = G.GeoModelConfig(name=name, Vi=J["pad"] + 1, V=J["V"], H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
+                          n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
+    task = make_task(mc, J["tables"][mc.table_set], J["Xtr"], J["ytr"], J["Xva"], J["yva"], J["tok_hash"])
+    theta = init_theta(mc, task.spec, cfg.seed)
+    comm = J["comm"]
+    _log(f"[{name}] {task.spec.size:,} parameters, {J['spe']} steps/epoch x {cfg.epochs} epochs", comm)
+    t0 = time.perf_counter()
+    res = fit(task, theta, tcfg, Path(cfg.output) / "models" / name, resume=cfg.resume, progress=J["progress"],
+              comm=comm)
+    secs = time.perf_counter() - t0
+    entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
+             "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,
+             "train_seconds": res["seconds"], "params": int(task.spec.size), "best_val_ppl": res["best_val_ppl"],
+             "skipped_steps": res["skipped"], "threads": threads}
+    _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
+    return name, entry, mc, theta
 
 
 def kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, seed, n_fit=4096):
