@@ -291,8 +291,7 @@ def run(cfg, *, progress=True, comm=None):
         done = pool.imap_unordered(_train_model, order)
     for name, entry, mc, theta in done:
         thetas[name] = (mc, theta)
-        if name in names:
-            results[name] = entry
+        results[name] = entry  # also models trained only as the base of a kappa variant
     if jobs > 1:
         pool.close()
         pool.join()

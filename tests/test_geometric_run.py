@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geolm.errors import ConfigError
+from geolm.geometric_run import ALL_MODELS, GeoRunConfig, _epochs_from_history, model_list
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_geometric.py"
+
+
+def _run(args, timeout=240):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "GEOLM_MPI": "0"})
+
+
+def test_model_list():
+    assert model_list("all") == list(ALL_MODELS)
+    assert model_list("trigram, bigram,trigram") == ["trigram", "bigram"]
+    with pytest.raises(ConfigError, match="valid: all or bigram"):
+        model_list("bigram,transformer")
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="--successor-context"):
+        GeoRunConfig(successor_context=9)
+    with pytest.raises(ConfigError, match="--epochs"):
+        GeoRunConfig(epochs=0)
+
+
+def test_epochs_from_history():
+    h = [{"kind": "train", "step": 2, "loss": 3.0}, {"kind": "train", "step": 4, "loss": 1.0},
+         {"kind": "eval", "step": 4, "val_ppl": 9.0}, {"kind": "train", "step": 6, "loss": 0.5},
+         {"kind": "eval", "step": 7, "val_ppl": 8.0}]
+    assert _epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0},
+                                          {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0}]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--models", "bigram,nope"], "unknown model nope"),
+    (["--epochs", "0"], "--epochs"),
+    (["--bogus-flag", "1"], "unrecognized arguments"),
+    (["--coord-dim", "x"], "invalid int value"),
+])
+def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
+    r = _run(args + ["--output", str(tmp_path)], timeout=60)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_end_to_end_small(tinystories, tmp_path):
+    out = tmp_path / "run"
+    r = _run(["--data", str(tinystories), "--max-train-stories", "60", "--max-val-stories", "20", "--epochs", "2",
+              "--vocab-size", "400", "--kappa-holdout", "20", "--dim", "16", "--successor-dim", "8", "--lr", "3e-3",
+              "--models", "bigram,trigram,geo_abs,geo_rot_nbrs,hybrid_kappa,geo_attention,geo_successor",
+              "--output", str(out), "--jobs", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"config", "data", "models"}
+    d = res["data"]
+    assert {"source", "train_stories", "val_stories", "vocab_size", "val_tokens", "unk_rate"} <= set(d)
+    assert d["train_stories"] == 60 and d["val_stories"] == 20 and "train.txt.gz" in d["source"]
+    V = d["vocab_size"]
+    m = res["models"]
+    assert set(m) == {"bigram", "trigram", "geo_abs", "geo_rot_nbrs", "hybrid", "hybrid_kappa", "hybrid_kappa_fit",
+                      "geo_attention", "geo_successor"}
+    for name, r_ in m.items():
+        assert {"val_ppl", "val_loss", "epochs", "seconds", "params"} <= set(r_), name
+        assert 1.0 < r_["val_ppl"] < 2 * V, (name, r_["val_ppl"])
+    assert [e["epoch"] for e in m["trigram"]["epochs"]] == [1, 2]
+    assert all(e["train_loss"] is not None and e["val_ppl"] > 0 for e in m["trigram"]["epochs"])
+    assert m["trigram"]["val_ppl"] < V  # beats a uniform model
+    assert m["trigram"]["params"] == (2 * (V + 1) + 1) * 16 + (16 + 1) * V
+    assert m["hybrid_kappa_fit"]["val_ppl"] <= m["hybrid_kappa"]["val_ppl"] * 1.05
+    assert (out / "curves.png").stat().st_size > 1000
+    assert "data:" in r.stdout and "val ppl" in r.stdout
