@@ -66,3 +66,43 @@ def test_summarize_zero_motion_gives_nan_not_error():
     assert out["displacement"] == 0.0 and out["path_length"] == 0.0
     assert math.isnan(out["linearity"]) and math.isnan(out["fdecay"])
     assert "logdet" not in out
+
+
+@pytest.mark.parametrize("metric", ["lowrank", "identity"])
+def test_trajectory_telemetry_on_a_model(metric, rng):
+    cfg = riemann.RiemannConfig(vocab_size=13, dim=8, layers=1, heads=2, ff_mult=2, seq_len=6, rank=3, hidden=5,
+                                field_hidden=7, ode_steps=3, eps=0.2, metric=metric)
+    spec, theta = riemann.init_params(cfg, rng, dtype=np.float64)
+    theta += 0.3 * rng.standard_normal(theta.shape)
+    p = spec.views(theta)
+    ids = rng.integers(0, 13, (2, 6))
+    tg = rng.integers(0, 13, (2, 6))
+    tel = telemetry.trajectory_telemetry(p, ids, tg, cfg)
+    loss, stats, _ = riemann.loss_forward(p, ids, tg, cfg)
+    assert tel["tel_ce"] == pytest.approx(stats["ce"]) and tel["tel_loss"] == pytest.approx(loss)
+    assert tel["tel_pen_field"] == pytest.approx(stats["pen_field"])
+    _, out, _ = riemann.forward(p, ids, cfg)
+    traj = out["traj"]
+    assert tel["ode_steps"] == 3
+    assert tel["displacement"] == pytest.approx(np.mean(np.linalg.norm(traj[-1] - traj[0], axis=1)))
+    assert 0 < tel["displacement"] <= tel["path_length"] + 1e-12
+    assert 0 < tel["linearity"] <= 1.0
+    f0 = riemann.field_eval(traj[0], p["field"], cfg)["f"]
+    fT = riemann.field_eval(traj[-1], p["field"], cfg)["f"]
+    assert tel["fdecay"] == pytest.approx(np.mean(np.linalg.norm(fT, axis=1) / np.linalg.norm(f0, axis=1)))
+    if metric == "lowrank":
+        assert tel["metric_length"] >= np.sqrt(0.2) * tel["path_length"] - 1e-12  # g >= eps I
+        assert tel["logdet"] == pytest.approx(np.mean(out["aux"]["logdet"]))
+        assert tel["speed"] > 0 and tel["tel_pen_metric"] > 0
+    else:
+        assert tel["metric_length"] == pytest.approx(tel["path_length"])
+        assert tel["speed"] == pytest.approx(tel["f_norm"]) and "logdet" not in tel
+
+
+def test_trajectory_telemetry_no_ode(rng):
+    cfg = riemann.RiemannConfig(vocab_size=13, dim=8, layers=1, heads=2, ff_mult=2, seq_len=6, no_ode=True)
+    spec, theta = riemann.init_params(cfg, rng)
+    tel = telemetry.trajectory_telemetry(spec.views(theta), rng.integers(0, 13, (2, 6)), rng.integers(0, 13, (2, 6)),
+                                         cfg)
+    assert set(tel) == {"tel_loss", "tel_ce", "tel_pen_field", "tel_pen_metric"}
+    assert tel["tel_pen_field"] == 0.0
