@@ -46,9 +46,9 @@ def ring_allreduce_s(nbytes, p, bw, lat):
     return 0.0 if p == 1 else 2 * (p - 1) * (lat + nbytes / p / bw)
 
 
-def projection(x, nbytes):
+def projection(x, nbytes, batch):
     """Scaling model from one rank's measured compute + update and the gradient bytes, ring all-reduce,
-    no overlap. strong: fixed global batch split over p ranks; weak: fixed per-rank batch."""
+    no overlap. strong: this global batch split over p ranks (n/a when p > batch rows); weak: this batch per rank."""
     c, u = x["compute_ms"] / 1e3, x["update_ms"] / 1e3
     lines = []
     for net, (bw, lat) in NETWORKS.items():
@@ -56,9 +56,10 @@ def projection(x, nbytes):
             r = ring_allreduce_s(nbytes, p, bw, lat)
             strong = c / p + u + r
             weak = c + u + r
-            lines.append(f"    {net:>8} p={p:3d}: allreduce {1e3 * r:8.2f} ms | strong: step {1e3 * strong:9.2f} ms, "
-                         f"eff {(c + u) / (p * strong):5.2f} | weak: step {1e3 * weak:9.2f} ms, eff "
-                         f"{(c + u) / weak:5.2f}")
+            st = (f"step {1e3 * strong:9.2f} ms, eff {(c + u) / (p * strong):5.2f}" if p <= batch else
+                  f"{'n/a (p > batch)':>29}")
+            lines.append(f"    {net:>8} p={p:3d}: allreduce {1e3 * r:8.2f} ms | strong: {st} | weak: step "
+                         f"{1e3 * weak:9.2f} ms, eff {(c + u) / weak:5.2f}")
     return lines
 
 
@@ -211,15 +212,16 @@ def main():
         base = res[(1, 2)]["tokens_per_s"]
         for (r, t), x in res.items():
             x["vs_1x2"] = x["tokens_per_s"] / base
+            x["vs_1x1"] = x["tokens_per_s"] / res[(1, 1)]["tokens_per_s"]
             rows.append(x)
             print(f"  {r} rank x {t} thr: step {x['step_ms']:9.2f} ms = compute {x['compute_ms']:9.2f} + comm "
                   f"{x['comm_ms']:7.3f} (allreduce alone {x['allreduce_ms']:7.3f}) + update {x['update_ms']:6.2f}; "
                   f"{x['bytes_reduced'] / 1e6:7.2f} MB reduced; {x['tokens_per_s']:10.0f} tok/s; "
-                  f"{x['vs_1x2']:.2f} x 1x2", flush=True)
+                  f"{x['vs_1x2']:.2f} x 1x2, {x['vs_1x1']:.2f} x 1x1", flush=True)
         eff = res[(2, 1)]["vs_1x2"]
         print(f"  2x1 / 1x2 throughput = {eff:.2f} (target >= 0.90: {'met' if eff >= 0.9 else 'NOT met'})")
         print("  projection (ring all-reduce of the measured gradient bytes, 1-thread compute, no overlap):")
-        print("\n".join(projection(res[(1, 1)], res[(2, 1)]["bytes_reduced"])), flush=True)
+        print("\n".join(projection(res[(1, 1)], res[(2, 1)]["bytes_reduced"], shapes["batch"])), flush=True)
     print(json.dumps(rows))
 
 
