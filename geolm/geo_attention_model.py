@@ -78,7 +78,7 @@ def attn_lm_backward_into(dlogits, cache, dp):
     """Fill ZEROED grad views dp from dlogits [B,V]."""
     ctx, ids, mask, ca, ch, full = cache
     C = ctx.shape[1]
-    dh = mlp_lm_backward_into(dlogits, ch, dp["head"])  # [B,d]
+    dh = mlp_lm_backward_into(dlogits, ch, dp["head"], need_dx=True)  # [B,d]
     de_q, de_nb, dpa = graph_attention_backward(dh, ca)
     for n in ("wq", "wk", "wv"):
         dp["attn"][n]["w"][...] = dpa[n]["w"]

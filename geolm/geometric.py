@@ -151,8 +151,9 @@ def mlp_lm_forward(x, rows, p):
     return logits, (x, rows, h, w1, w2)
 
 
-def mlp_lm_backward_into(dlogits, cache, dp):
-    """Fill ZEROED grad views dp (p's nesting) from dlogits [B,V]; returns dx [B,F]."""
+def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False):
+    """Fill ZEROED grad views dp (p's nesting) from dlogits [B,V]; returns dx [B,F] if need_dx (frozen features
+    need none), else None."""
     x, rows, h, w1, w2 = cache
     F = x.shape[1]
     # logits = h W2 + b2
@@ -168,6 +169,8 @@ def mlp_lm_backward_into(dlogits, cache, dp):
         np.matmul(x.T, dpre, out=dw1[:F])  # [F,B] @ [B,H] -> [F,H]
     for j in range(rows.shape[1]):
         _embedding_backward_nb(dw1, np.ascontiguousarray(rows[:, j]), dpre)  # scatter-add rows
+    if not need_dx:
+        return None
     return np.matmul(dpre, w1[:F].T) if F else np.zeros_like(x)  # [B,H] @ [H,F] -> [B,F]
 
 
@@ -176,7 +179,7 @@ def mlp_lm_backward(dlogits, cache):
     _, _, h, w1, w2 = cache
     dp = {"fc1": {"w": np.zeros_like(w1), "b": np.zeros(w1.shape[1], w1.dtype)},
           "fc2": {"w": np.zeros_like(w2), "b": np.zeros(w2.shape[1], w2.dtype)}}
-    dx = mlp_lm_backward_into(dlogits, cache, dp)
+    dx = mlp_lm_backward_into(dlogits, cache, dp, need_dx=True)
     return dx, dp
 
 

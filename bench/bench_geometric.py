@@ -1,0 +1,195 @@
+"""Geometric LMs: examples/s of every trained model's training step, the MLP loop's fraction of the matmul peak,
+and the projected (or, with --table, measured) wall time of the whole 2k-story, 5-epoch table.
+
+    python bench/bench_geometric.py              # V = 3550 (the 2k-story vocabulary), B = 128, H = 64, C = 8
+    python bench/bench_geometric.py --quick      # tiny shapes (CI smoke test)
+    python bench/bench_geometric.py --table --data ../shared/data/tinystories   # run the real table (minutes)
+
+Step = what geolm.train.fit does per batch: task.loss_and_grads (zero grad, features, forward, fused in-place
+softmax cross-entropy, backward) + global norm + clip + Adam. Timed with 1 BLAS thread and with all threads.
+Baseline (validated first, then timed): the straightforward trigram step, one-hot matrix [B, 2 Vi] @ W1 through
+geolm.mlp and geolm.losses, against the row-lookup / in-place-xent step of geolm.geometric.
+FLOPs (GEMMs only, 2 m n k): forward 2 B F H + 2 B H V (row lookups count as none), backward 2 B H V (dW2)
++ 2 B H V (dh) + 2 B F H (dW1); attention models add their d x d projections and scores. % peak uses the
+matmul peak measured with the same thread count.
+Projection of the table: epochs x (steps/epoch x step + eval batches x eval forward), summed over models;
+"2 procs" = the sum of 1-thread times / 2 (geometric_run --jobs 2 trains two models at a time, one thread each).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+from geolm import geometric as G  # noqa: E402
+from geolm.geometric_run import EVAL_BATCH  # noqa: E402
+from geolm.losses import xent_backward, xent_forward  # noqa: E402
+from geolm.mlp import mlp_backward, mlp_forward  # noqa: E402
+from geolm.optim import adam_init, adam_step, clip_grad_norm, global_norm  # noqa: E402
+from geolm.params import ParamSpec  # noqa: E402
+
+FULL = dict(V=3550, B=128, H=64, C=8, k=3, K=4, n_succ=2, k_succ=32, train=420_000, val=205_000, epochs=5)
+QUICK = dict(V=300, B=32, H=16, C=8, k=3, K=4, n_succ=2, k_succ=8, train=20_000, val=5_000, epochs=1)
+TABLE = ("trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "geo_attention", "geo_shuffled")
+
+
+def make_tables(sh, rng):
+    V = sh["V"]
+    X = rng.standard_normal((V, sh["k"]))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Xo = rng.standard_normal((V, sh["k_succ"]))
+    Xo /= np.linalg.norm(Xo, axis=1, keepdims=True)
+    nbr = np.stack([rng.choice(V, sh["K"], replace=False) for _ in range(V)]).astype(np.int32)
+    return G.build_tables(X, nbr, V, Xo, sh["n_succ"])
+
+
+def flops(mc, B):
+    f = 2 * B * mc.F * mc.H + 6 * B * mc.H * mc.V + 2 * B * mc.F * mc.H
+    if mc.kind == "attn":
+        K1 = (mc.C if mc.full else 1) + 4
+        f += 3 * (2 * B * mc.H * mc.H + 2 * 2 * B * K1 * mc.H * mc.H) + 6 * B * mc.H * mc.H
+    return f
+
+
+def problem(name, sh, tables, rng):
+    mc = G.GeoModelConfig(name=name, Vi=sh["V"] + 1, V=sh["V"], H=sh["H"], C=sh["C"], k=sh["k"],
+                          n_succ=sh["n_succ"], k_succ=sh["k_succ"])
+    spec = ParamSpec(G.model_shapes(mc))
+    theta = spec.zeros(np.float32)
+    G.model_init_(mc, spec.views(theta), rng)
+    grad = np.zeros_like(theta)
+    ctx = rng.integers(0, sh["V"], (sh["B"], sh["C"])).astype(np.int32)
+    ctx[0, :3] = sh["V"]  # some PAD
+    y = rng.integers(0, sh["V"], sh["B"]).astype(np.int32)
+    return mc, spec, theta, grad, ctx, y
+
+
+def lean_step(mc, spec, theta, grad, adam, tables, ctx, y):
+    grad[:] = 0.0
+    loss = G.model_loss_and_grads(mc, tables, spec.views(theta), spec.views(grad), ctx, y)
+    global_norm(grad)  # fit's finite guard
+    clip_grad_norm(grad, 1.0)
+    adam_step(theta, grad, adam, 1e-4)
+    return loss
+
+
+def naive_trigram_loss_grads(spec, theta, ctx, y, Vi):
+    """Baseline: dense one-hot [B, 2 Vi] through geolm.mlp + geolm.losses."""
+    p = spec.views(theta)
+    B = len(y)
+    x = np.zeros((B, 2 * Vi), theta.dtype)
+    x[np.arange(B), ctx[:, -2]] = 1.0
+    x[np.arange(B), Vi + ctx[:, -1]] = 1.0
+    logits, cache = mlp_forward(x, p, act="relu")
+    loss, xc = xent_forward(logits, y)
+    _, dp = mlp_backward(xent_backward(1.0, xc), cache)
+    return loss, dp
+
+
+def validate_baseline(spec, theta, tables, mc, ctx, y):
+    t64 = theta.astype(np.float64)
+    g = np.zeros_like(t64)
+    loss = G.model_loss_and_grads(mc, tables, spec.views(t64), spec.views(g), ctx, y)
+    ref, dp = naive_trigram_loss_grads(spec, t64, ctx, y, mc.Vi)
+    gv = spec.views(g)
+    err = max(float(np.abs(gv[a][b] - dp[a][b]).max()) for a in dp for b in dp[a])
+    if abs(loss - ref) > 1e-9 or err > 1e-9:
+        raise AssertionError(f"lean trigram step disagrees with the one-hot baseline: loss {loss} vs {ref}, "
+                             f"grad err {err:.2e}")
+    return err
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.common_args(ap)
+    ap.add_argument("--models", default=",".join(G.MODELS), help="comma list of trained models to time")
+    ap.add_argument("--table", action="store_true", help="also run the real table via geolm.geometric_run (slow)")
+    ap.add_argument("--data", default=None, help="data for --table (default: the geometric_run default)")
+    args = ap.parse_args(argv)
+    sh = dict(QUICK if args.quick else FULL)
+    args.repeat = args.repeat or (2 if args.quick else 7)
+    print(harness.env_header())
+    from threadpoolctl import threadpool_limits
+
+    peak1 = harness.matmul_peak(np.float32)
+    with threadpool_limits(1):
+        peak_1t = harness.matmul_peak(np.float32)
+    print(f"float32 matmul peak (measured): {peak1:.1f} GFLOP/s all threads, {peak_1t:.1f} GFLOP/s one thread")
+    print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()))
+
+    rng = np.random.default_rng(0)
+    tables = make_tables(sh, rng)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    rows = []
+
+    mc, spec, theta, grad, ctx, y = problem("trigram", sh, tables, rng)
+    err = validate_baseline(spec, theta, tables, mc, ctx, y)
+    t_naive = harness.measure(lambda: naive_trigram_loss_grads(spec, theta, ctx, y, mc.Vi), warmup=1,
+                              repeat=args.repeat)[0]
+    g = np.zeros_like(theta)
+    t_lean = harness.measure(lambda: G.model_loss_and_grads(mc, tables, spec.views(theta), spec.views(g), ctx, y),
+                             warmup=1, repeat=args.repeat)[0]
+    print(f"\ntrigram loss+grads: one-hot matmul baseline {1e3 * t_naive:.2f} ms, row lookups + in-place xent "
+          f"{1e3 * t_lean:.2f} ms ({t_naive / t_lean:.1f}x; validated, max grad err {err:.1e})")
+    rows.append(dict(what="trigram loss+grads baseline (one-hot matmul)", seconds=t_naive))
+    rows.append(dict(what="trigram loss+grads lean", seconds=t_lean, speedup=t_naive / t_lean))
+
+    B = sh["B"]
+    spe = -(-sh["train"] // B)
+    n_eval = -(-sh["val"] // EVAL_BATCH)
+    print(f"\n{'model':<24}{'params':>10}{'thr':>4}{'l&g ms':>9}{'step ms':>9}{'ex/s':>9}{'GF/s':>7}"
+          f"{'%peak l&g':>10}{'%peak step':>11}{'eval ms':>9}{'5ep s':>8}")
+    proj = {1: 0.0, 0: 0.0}
+    for name in names:
+        mc, spec, theta, grad, ctx, y = problem(name, sh, tables, rng)
+        adam = adam_init(theta)
+        F = flops(mc, B)
+        cb = rng.integers(0, sh["V"], (EVAL_BATCH, sh["C"])).astype(np.int32)
+        yb = rng.integers(0, sh["V"], EVAL_BATCH).astype(np.int32)
+        for thr in (1, 0):
+            with threadpool_limits(1 if thr == 1 else None):
+                peak = peak_1t if thr == 1 else peak1
+                t_lg = harness.measure(lambda: (grad.fill(0.0), G.model_loss_and_grads(
+                    mc, tables, spec.views(theta), spec.views(grad), ctx, y)), warmup=1, repeat=args.repeat)[0]
+                t_st = harness.measure(lambda: lean_step(mc, spec, theta, grad, adam, tables, ctx, y), warmup=1,
+                                       repeat=args.repeat)[0]
+                t_ev = harness.measure(lambda: G.model_nll(mc, tables, spec.views(theta), cb, yb), warmup=1,
+                                       repeat=max(3, args.repeat // 2))[0]
+            t5 = sh["epochs"] * (spe * t_st + n_eval * t_ev)
+            if name in TABLE:
+                proj[thr] += t5
+            lab = "1" if thr == 1 else "all"
+            print(f"{name:<24}{spec.size:>10,}{lab:>4}{1e3 * t_lg:>9.2f}{1e3 * t_st:>9.2f}{B / t_st:>9,.0f}"
+                  f"{F / t_st / 1e9:>7.1f}{100 * F / t_lg / 1e9 / peak:>9.1f}%{100 * F / t_st / 1e9 / peak:>10.1f}%"
+                  f"{1e3 * t_ev:>9.1f}{t5:>8.1f}")
+            rows.append(dict(what=name, threads=lab, params=spec.size, lg_s=t_lg, step_s=t_st,
+                             examples_per_s=B / t_st, gflops_step=F / t_st / 1e9, frac_peak_lg=F / t_lg / 1e9 / peak,
+                             frac_peak_step=F / t_st / 1e9 / peak, eval_2048_s=t_ev, projected_5ep_s=t5))
+    print(f"\nprojected table ({', '.join(n for n in TABLE if n in names)}; {spe} steps/epoch, {n_eval} eval batches,"
+          f" {sh['epochs']} epochs; bigram and kappa re-weighting add seconds):")
+    print(f"  sequential, all threads: {proj[0]:.0f} s;  2 processes x 1 thread (--jobs 2): {proj[1] / 2:.0f} s "
+          f"(target < 180 s)")
+    rows.append(dict(what="projected table", sequential_s=proj[0], jobs2_s=proj[1] / 2))
+
+    if args.table:
+        from geolm.geometric_run import GeoRunConfig, run, table
+
+        cfg = GeoRunConfig(data=args.data or GeoRunConfig.data, output="/tmp/bench_geometric_table",
+                           epochs=sh["epochs"] if not args.quick else 1,
+                           max_train_stories=2000 if not args.quick else 50,
+                           max_val_stories=1000 if not args.quick else 20)
+        t0 = time.perf_counter()
+        summary = run(cfg, progress=False)
+        wall = time.perf_counter() - t0
+        print(table(summary))
+        print(f"whole table wall time: {wall:.1f} s ({summary['data']['source']})")
+        rows.append(dict(what="table wall time", seconds=wall))
+    harness.write_json(args, dict(shapes=sh, peak_gflops=peak1, peak_gflops_1thread=peak_1t, rows=rows))
+
+
+if __name__ == "__main__":
+    main()
