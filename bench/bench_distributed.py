@@ -15,7 +15,13 @@ Each worker builds the model, one fixed global batch and its contiguous shard (g
         update   = global-norm clip + Adam
      and separately `allreduce` = the Allreduce alone after a barrier (pure communication).
 Reported per layout: medians (max over ranks) in ms, bytes reduced per step, tokens (targets) per second, and the
-throughput of 2x1 as a fraction of 1x2 (issue 8's target: >= 0.9).
+throughput of 2x1 as a fraction of 1x2 (issue 8's target: >= 0.9) and of 1x1. harness.measure times a whole
+callable; here every rank must run the same number of barrier-separated, phase-split steps, so the worker keeps
+its own loop (warm-up discarded, median of `repeat`, max over ranks). Workers run with OMP_WAIT_POLICY=PASSIVE unless it is set: Numba's OpenMP layer otherwise busy-waits after each
+parallel region, and on a 2-core machine shared with other processes that made 1 rank x 2 threads 20-40x slower
+than 1 x 1 (measured here: riemann --quick step 383 ms default, 18 ms PASSIVE, 9 ms with 1 thread).
+Finally a scaling model: ring all-reduce
+of the measured gradient bytes on 10 and 100 Gb/s networks for 8, 64 and 512 ranks, strong and weak scaling.
 """
 import argparse
 import json
@@ -30,6 +36,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import harness  # noqa: E402
 
 RIEMANN_FULL = dict(batch=32, seq=192, dim=384, rank=64, hidden=128, field_hidden=1536, ode_steps=4, layers=4,
                     heads=6, vocab=4096)
@@ -124,11 +131,11 @@ def worker(a):
     # 1. validate the reduced gradient against one process's full-batch gradient
     loss, n = lg(theta, grad, idx)
     loss, N = global_mean(comm, buf, loss, n)[:2]
-    ok = np.ones(1)
+    ok, err = np.ones(1), 0.0
     if comm.rank == 0:
         ref = np.zeros(P, theta.dtype)
         ref_loss, _ = lg(theta, ref, np.arange(B))
-        err = float(np.abs(grad - ref).max() / max(np.abs(ref).max(), 1e-30))
+        err = harness.max_rel_err(grad, ref)
         ok[0] = float(err <= 1e-4 and abs(loss - ref_loss) <= 1e-4 * abs(ref_loss))
     comm.bcast(ok)
     if not ok[0]:
@@ -159,21 +166,23 @@ def worker(a):
         res = dict(model=a.model, ranks=comm.size, threads=a.threads, params=P, tokens=N,
                    bytes_reduced=int(buf.nbytes) if comm.size > 1 else 0, compute_ms=1e3 * med[0],
                    comm_ms=1e3 * med[1], update_ms=1e3 * med[2], step_ms=1e3 * med[3], allreduce_ms=1e3 * med[4],
-                   tokens_per_s=N / med[3], repeat=a.repeat)
-        with open(a.json, "w") as f:
+                   tokens_per_s=N / med[3], repeat=a.repeat, grad_rel_err=err)
+        with open(a.out, "w") as f:
             json.dump(res, f)
 
 
 def run_layout(a, model, shapes, ranks, threads):
     out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model, "--threads", str(threads),
-           "--shapes", json.dumps(shapes), "--json", out, "--warmup", str(a.warmup), "--repeat", str(a.repeat)]
+           "--shapes", json.dumps(shapes), "--out", out, "--warmup", str(a.warmup), "--repeat", str(a.repeat)]
     mpiexec = shutil.which("mpiexec")
     if ranks > 1 or mpiexec:
         if mpiexec is None:
             raise SystemExit("mpiexec not found; pip install -e '.[mpi]' (mpi4py + mpich)")
         cmd = [mpiexec, "-n", str(ranks)] + cmd
-    subprocess.run(cmd, check=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
+    subprocess.run(cmd, check=True, env=env)
     with open(out) as f:
         res = json.load(f)
     os.unlink(out)
@@ -182,26 +191,21 @@ def run_layout(a, model, shapes, ranks, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+    harness.common_args(ap)  # --quick, --json PATH, --repeat
     ap.add_argument("--model", default="all", choices=("all", "riemann", "geometric"))
     ap.add_argument("--batch", type=int, default=0, help="global batch (default: the original's / the quick one)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", default="{}", help=argparse.SUPPRESS)
-    ap.add_argument("--json", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.repeat is None:
+        a.repeat = 2 if a.quick else 5
     if a.worker:
         return worker(a)
-    if a.quick:
-        a.repeat = min(a.repeat, 3)
-    try:
-        import harness
-        print(harness.environment_header() if hasattr(harness, "environment_header") else "")
-    except ImportError:
-        harness = None
-    rows = []
+    print(harness.env_header(), flush=True)
+    rows, notes = [], []
     for model in (("riemann", "geometric") if a.model == "all" else (a.model,)):
         shapes = dict((RIEMANN_QUICK if a.quick else RIEMANN_FULL) if model == "riemann" else
                       (GEO_QUICK if a.quick else GEO_FULL))
@@ -209,20 +213,19 @@ def main():
             shapes["batch"] = a.batch
         print(f"{model}: {shapes}", flush=True)
         res = {lay: run_layout(a, model, shapes, *lay) for lay in LAYOUTS}
-        base = res[(1, 2)]["tokens_per_s"]
         for (r, t), x in res.items():
-            x["vs_1x2"] = x["tokens_per_s"] / base
+            x["vs_1x2"] = x["tokens_per_s"] / res[(1, 2)]["tokens_per_s"]
             x["vs_1x1"] = x["tokens_per_s"] / res[(1, 1)]["tokens_per_s"]
             rows.append(x)
-            print(f"  {r} rank x {t} thr: step {x['step_ms']:9.2f} ms = compute {x['compute_ms']:9.2f} + comm "
-                  f"{x['comm_ms']:7.3f} (allreduce alone {x['allreduce_ms']:7.3f}) + update {x['update_ms']:6.2f}; "
-                  f"{x['bytes_reduced'] / 1e6:7.2f} MB reduced; {x['tokens_per_s']:10.0f} tok/s; "
-                  f"{x['vs_1x2']:.2f} x 1x2, {x['vs_1x1']:.2f} x 1x1", flush=True)
+        harness.report([res[lay] for lay in LAYOUTS],
+                       ["model", "ranks", "threads", "step_ms", "compute_ms", "comm_ms", "allreduce_ms", "update_ms",
+                        "bytes_reduced", "tokens_per_s", "vs_1x1", "vs_1x2", "grad_rel_err"])
         eff = res[(2, 1)]["vs_1x2"]
-        print(f"  2x1 / 1x2 throughput = {eff:.2f} (target >= 0.90: {'met' if eff >= 0.9 else 'NOT met'})")
+        notes.append(f"{model}: 2x1 / 1x2 throughput = {eff:.2f} (target >= 0.90: {'met' if eff >= 0.9 else 'NOT met'})")
+        print(notes[-1])
         print("  projection (ring all-reduce of the measured gradient bytes, 1-thread compute, no overlap):")
         print("\n".join(projection(res[(1, 1)], res[(2, 1)]["bytes_reduced"], shapes["batch"])), flush=True)
-    print(json.dumps(rows))
+    harness.write_json(a, dict(rows=rows, notes=notes))
 
 
 if __name__ == "__main__":
