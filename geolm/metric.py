@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from .errors import GeolmError, ConfigError, NumericalError
-from .jit import njit_parallel, prange
+from .jit import njit, njit_parallel, prange
 
 _CTL = None
 
@@ -146,111 +146,150 @@ def _lapack(dtype):
 _LAPACK = {}
 
 
-@njit_parallel
-def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha, eps_t, alpha_t, potrf, potrs):
-    """Forward. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky factor of K, K = R^T R), s [N,r],
-    info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d], f [N,d] contiguous; eps, alpha float64,
-    *_t the same in U's dtype; potrf, potrs LAPACK pointers for U's dtype (see _lapack)."""
-    N, r, d = U.shape
-    nchunk = min(N, 64)
-    for c in prange(nchunk):
-        ib = np.empty(4, np.int32)  # Fortran ints: n = lda = ldb, nrhs, info
-        up = np.empty(1, np.uint8)
-        up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
-        w = np.empty(r, U.dtype)
-        tmp = np.empty(d, U.dtype)
-        for n in range(c * N // nchunk, (c + 1) * N // nchunk):
-            Un = U[n]
-            Rn = R[n]
-            np.dot(Un, Un.T, Rn)  # U U^T, [r,d] @ [d,r] -> [r,r]
+@njit
+def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+    """Forward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
+    r, d = U.shape[1], U.shape[2]
+    ib = np.empty(4, np.int32)  # Fortran ints: ib[0] = n = lda = ldb, ib[1] = nrhs, ib[2] = info
+    up = np.empty(1, np.uint8)
+    up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
+    w = np.empty(r, U.dtype)
+    tmp = np.empty(d, U.dtype)
+    for n in range(lo, hi):
+        Un = U[n]
+        Rn = R[n]
+        np.dot(Un, Un.T, Rn)  # U U^T, [r,d] @ [d,r] -> [r,r]
+        for i in range(r):
+            for j in range(r):
+                Rn[i, j] *= alpha_t
+            Rn[i, i] += eps_t  # K = eps I + alpha U U^T
+        ib[0] = r
+        ib[1] = 1
+        ib[2] = 0
+        potrf(up.ctypes, ib[0:1].ctypes, Rn.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # K = R^T R
+        bad = ib[2]
+        ld = 0.0
+        for i in range(r):
+            piv = float(Rn[i, i]) * float(Rn[i, i])
+            if not (piv > 0.5 * eps and piv < np.inf):  # exact pivots are >= eps
+                bad = i + 1
+                break
+            ld += math.log(piv)
+        info[n] = bad
+        if bad != 0:
+            logdetK[n] = 0.0
+            v[n, :] = 0.0
+            s[n, :] = 0.0
+            continue
+        logdetK[n] = ld  # log det K = 2 sum log diag R
+        for i in range(1, r):
+            for j in range(i):
+                Rn[i, j] = 0.0
+        np.dot(Un, f[n], w)  # [r,d] @ [d] -> [r]
+        potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, Rn.ctypes, ib[0:1].ctypes, w.ctypes, ib[0:1].ctypes,
+              ib[2:3].ctypes)  # s = K^-1 U f
+        for i in range(r):
+            s[n, i] = w[i]
+        np.dot(w, Un, tmp)  # U^T s, [r] @ [r,d] -> [d]
+        for j in range(d):
+            v[n, j] = (f[n, j] - alpha_t * tmp[j]) / eps_t  # v = (f - alpha U^T s) / eps
+
+
+@njit
+def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
+    """Backward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
+    r, d = U.shape[1], U.shape[2]
+    ib = np.empty(4, np.int32)
+    up = np.empty(1, np.uint8)
+    up[0] = 76
+    Kinv = np.empty((r, r), U.dtype)
+    t = np.empty(r, U.dtype)
+    a = np.empty(r, U.dtype)
+    tmp = np.empty(d, U.dtype)
+    for n in range(lo, hi):
+        Un = U[n]
+        ib[0] = r
+        ib[1] = 1
+        ib[2] = 0
+        np.dot(Un, dv[n], a)  # U dv, [r,d] @ [d] -> [r]
+        if has_dl:
             for i in range(r):
                 for j in range(r):
-                    Rn[i, j] *= alpha_t
-                Rn[i, i] += eps_t  # K = eps I + alpha U U^T
-            ib[0] = r
-            ib[1] = 1
-            ib[2] = 0
-            potrf(up.ctypes, ib[0:1].ctypes, Rn.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # K = R^T R
-            bad = ib[2]
-            ld = 0.0
-            for i in range(r):
-                piv = float(Rn[i, i]) * float(Rn[i, i])
-                if not (piv > 0.5 * eps and piv < np.inf):  # exact pivots are >= eps
-                    bad = i + 1
-                    break
-                ld += math.log(piv)
-            info[n] = bad
-            if bad != 0:
-                logdetK[n] = 0.0
-                v[n, :] = 0.0
-                s[n, :] = 0.0
-                continue
-            logdetK[n] = ld  # 2 sum log diag R
+                    Kinv[i, j] = R[n, i, j]
+            potri(up.ctypes, ib[0:1].ctypes, Kinv.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # upper of K^-1
             for i in range(1, r):
                 for j in range(i):
-                    Rn[i, j] = 0.0
-            np.dot(Un, f[n], w)  # [r,d] @ [d] -> [r]
-            potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, Rn.ctypes, ib[0:1].ctypes, w.ctypes, ib[0:1].ctypes,
-                  ib[2:3].ctypes)  # s = K^-1 U f
+                    Kinv[i, j] = Kinv[j, i]
+            np.dot(Kinv, a, t)  # t = K^-1 U dv
+        else:
             for i in range(r):
-                s[n, i] = w[i]
-            np.dot(w, Un, tmp)  # U^T s, [r] @ [r,d] -> [d]
-            for j in range(d):
-                v[n, j] = (f[n, j] - alpha_t * tmp[j]) / eps_t
+                t[i] = a[i]
+            potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, R[n].ctypes, ib[0:1].ctypes, t.ctypes,
+                  ib[0:1].ctypes, ib[2:3].ctypes)  # t = K^-1 U dv
+        np.dot(t, Un, tmp)  # U^T t, [r] @ [r,d] -> [d]
+        for j in range(d):
+            df[n, j] = (dv[n, j] - alpha_t * tmp[j]) / eps_t  # y = g^-1 dv
+        dUn = dU[n]
+        if has_dl:
+            np.dot(Kinv, Un, dUn)  # K^-1 U, [r,r] @ [r,d] -> [r,d]
+            cl = 2.0 * alpha * dlogdet[n]  # logdet = ... + log det K:  dU += 2 alpha dl K^-1 U
+            for i in range(r):
+                ti = alpha_t * t[i]
+                si = alpha_t * s[n, i]
+                for j in range(d):
+                    dUn[i, j] = cl * dUn[i, j] - ti * v[n, j] - si * df[n, j]
+        else:
+            for i in range(r):  # v = (f - alpha U^T K^-1 U f)/eps:  dU = -alpha (t v^T + s y^T)
+                ti = alpha_t * t[i]
+                si = alpha_t * s[n, i]
+                for j in range(d):
+                    dUn[i, j] = -ti * v[n, j] - si * df[n, j]
+
+
+@njit_parallel
+def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+    """Forward kernel, parallel over token chunks. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky
+    factor, K = R^T R), s [N,r] (= K^-1 U f), info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d],
+    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf, potrs: see _lapack."""
+    N = U.shape[0]
+    nchunk = min(N, 64)
+    for c in prange(nchunk):
+        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t,
+                       eps_t, potrf, potrs)
+
+
+@njit
+def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+    """Same as _metric_solve_nb on one thread (small problems: no parallel-region overhead)."""
+    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs)
 
 
 @njit_parallel
 def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
-    """Backward. Outputs dU [N,r,d], df [N,d]; inputs dv [N,d], dlogdet [N] (read iff has_dl), U, v, s,
-    R (upper Cholesky factor of K) from the forward; potrs, potri LAPACK pointers (see _lapack)."""
-    N, r, d = U.shape
+    """Backward kernel, parallel over token chunks. Outputs dU [N,r,d], df [N,d]; inputs dv [N,d], dlogdet [N]
+    (read iff has_dl), U, v, s, R from the forward; potrs, potri: see _lapack."""
+    N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
-        ib = np.empty(4, np.int32)
-        up = np.empty(1, np.uint8)
-        up[0] = 76
-        Kinv = np.empty((r, r), U.dtype)
-        t = np.empty(r, U.dtype)
-        a = np.empty(r, U.dtype)
-        tmp = np.empty(d, U.dtype)
-        for n in range(c * N // nchunk, (c + 1) * N // nchunk):
-            Un = U[n]
-            ib[0] = r
-            ib[1] = 1
-            ib[2] = 0
-            np.dot(Un, dv[n], a)  # U dv, [r,d] @ [d] -> [r]
-            if has_dl:
-                for i in range(r):
-                    for j in range(r):
-                        Kinv[i, j] = R[n, i, j]
-                potri(up.ctypes, ib[0:1].ctypes, Kinv.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # upper of K^-1
-                for i in range(1, r):
-                    for j in range(i):
-                        Kinv[i, j] = Kinv[j, i]
-                np.dot(Kinv, a, t)  # t = K^-1 U dv
-            else:
-                for i in range(r):
-                    t[i] = a[i]
-                potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, R[n].ctypes, ib[0:1].ctypes, t.ctypes,
-                      ib[0:1].ctypes, ib[2:3].ctypes)  # t = K^-1 U dv
-            np.dot(t, Un, tmp)  # U^T t, [r] @ [r,d] -> [d]
-            for j in range(d):
-                df[n, j] = (dv[n, j] - alpha_t * tmp[j]) / eps_t  # y = g^-1 dv
-            dUn = dU[n]
-            if has_dl:
-                np.dot(Kinv, Un, dUn)  # K^-1 U, [r,r] @ [r,d] -> [r,d]
-                cl = 2.0 * alpha * dlogdet[n]  # logdet: dU += 2 alpha dl K^-1 U
-                for i in range(r):
-                    ti = alpha_t * t[i]
-                    si = alpha_t * s[n, i]
-                    for j in range(d):
-                        dUn[i, j] = cl * dUn[i, j] - ti * v[n, j] - si * df[n, j]
-            else:
-                for i in range(r):  # v = (f - alpha U^T K^-1 U f)/eps: dU = -alpha (t v^T + s y^T)
-                    ti = alpha_t * t[i]
-                    si = alpha_t * s[n, i]
-                    for j in range(d):
-                        dUn[i, j] = -ti * v[n, j] - si * df[n, j]
+        _backward_range(c * N // nchunk, (c + 1) * N // nchunk, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha,
+                        eps_t, alpha_t, potrs, potri)
+
+
+@njit
+def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs,
+                                     potri):
+    """Same as _metric_solve_backward_nb on one thread."""
+    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri)
+
+
+def _parallel(U):
+    """Use the prange kernels above PARALLEL_FLOPS of work (~1 ms on one core): a parallel region costs tens of
+    microseconds on an idle machine, and milliseconds (omp layer) when the cores are oversubscribed."""
+    N, r, d = U.shape
+    return N > 1 and N * (2 * r * r * d + r ** 3 + 8 * r * d) >= PARALLEL_FLOPS
+
+
+PARALLEL_FLOPS = 5e7
 
 
 # ----------------------------------------------------------------------------- public pair
@@ -276,7 +315,8 @@ def metric_solve_forward(U, f, eps, alpha, backend="numba"):
     info = np.zeros(N, np.int32)
     with _blas_single_thread():
         potrf, potrs, _ = _lapack(U.dtype)
-        _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha, dt(eps), dt(alpha), potrf, potrs)
+        kern = _metric_solve_nb if _parallel(U) else _metric_solve_nb_serial
+        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), potrf, potrs)
     if info.any():
         raise _not_pd_error(U, eps, alpha, np.nonzero(info)[0])
     logdet = logdetK + (d - r) * math.log(eps)
@@ -298,8 +338,8 @@ def metric_solve_backward(dv, dlogdet, cache):
     dl = dlogdet if dlogdet is not None else np.zeros(1, U.dtype)
     with _blas_single_thread():
         _, potrs, potri = _lapack(U.dtype)
-        _metric_solve_backward_nb(dU, df, dv, dl, dlogdet is not None, U, v, s, R, alpha, dt(eps), dt(alpha),
-                                  potrs, potri)
+        kern = _metric_solve_backward_nb if _parallel(U) else _metric_solve_backward_nb_serial
+        kern(dU, df, dv, dl, dlogdet is not None, U, v, s, R, alpha, dt(eps), dt(alpha), potrs, potri)
     return dU, df
 
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from geolm import metric
 from geolm.errors import ConfigError, GeolmError, NumericalError
 from geolm.gradcheck import check_grads
 from geolm.metric import (metric_logdet_parts, metric_solve_backward, metric_solve_backward_ref,
@@ -50,8 +51,11 @@ def test_ref_and_numba_match_dense_oracle(rng, N, r, d, dtype):
         assert _rel(df, df0n) < TOL[dtype], backend
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_numba_matches_ref_large(rng, dtype):
+def test_numba_matches_ref_large(rng, monkeypatch, dtype, parallel):
+    """Both Numba drivers (prange over token chunks, and serial) against the NumPy reference."""
+    monkeypatch.setattr(metric, "PARALLEL_FLOPS", 0.0 if parallel else float("inf"))
     U, f = _inputs(rng, 300, 24, 96, dtype, scale=0.2)
     dv = rng.standard_normal(f.shape).astype(dtype)
     dl = rng.standard_normal(300).astype(dtype)
