@@ -1,5 +1,6 @@
 """Errors that name their fix, and the one CLI wrapper that turns them into `error: ...` + exit 2."""
 import functools
+import os
 import sys
 
 
@@ -23,6 +24,13 @@ class NumericalError(GeolmError):
     """A numerical failure (non-PD metric, repeated non-finite steps) with the offending scale."""
 
 
+def _rank():
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def cli_main(fn):
     """Decorate an example's main(): GeolmError -> one `error:` line on stderr, exit 2; Ctrl-C -> exit 130."""
 
@@ -32,7 +40,8 @@ def cli_main(fn):
             return fn(*args, **kwargs)
         except GeolmError as e:
             msg = " ".join(str(e).split())
-            print(f"error: {msg}", file=sys.stderr)
+            if _rank() == 0:  # under mpiexec every rank exits 2, only rank 0 prints
+                print(f"error: {msg}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
