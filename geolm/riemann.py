@@ -37,13 +37,14 @@ import math
 import numpy as np
 
 from .config import opt, positive, require
-from .embedding import embedding_backward, embedding_forward
 from .errors import ConfigError, NumericalError
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .losses import nll_sum, xent_backward, xent_forward
 from .mlp import mlp_backward, mlp_forward, mlp_init_, mlp_shapes
+from .ode import rk4_backward, rk4_forward
 from .params import ParamSpec, accumulate
+from .transformer import encoder_backward, encoder_forward, encoder_init_, encoder_shapes
 
 METRICS = ("lowrank", "identity", "dense")
 PENALTIES = ("point", "batch_mean")
@@ -114,7 +115,6 @@ def field_shapes(cfg):
 
 
 def param_shapes(cfg):
-    from .transformer import encoder_shapes
     D, V = cfg.dim, cfg.V
     shapes = {"enc": encoder_shapes(V + 1, cfg.seq_len, D, cfg.layers, cfg.ff_mult * D)}  # row V = PAD (input only)
     if not cfg.no_ode:
@@ -126,7 +126,6 @@ def param_shapes(cfg):
 
 def init_params(cfg, rng, dtype=np.float32):
     """-> (spec, theta): encoder init, f last layer 0, U last layer x0.01, LN (1, 0), head Glorot (or tied)."""
-    from .transformer import encoder_init_
     spec = ParamSpec(param_shapes(cfg))
     theta = spec.zeros(dtype)
     p = spec.views(theta)
@@ -248,7 +247,6 @@ def flow(z0, p, cfg):
     """z0 [N,D] -> (zT, traj [S+1,N,D], aux {name: [S,4,N]}, ode cache or None)."""
     if cfg.no_ode:
         return z0, z0[None], {}, None
-    from .ode import rk4_forward
     ff, _ = _fields(cfg)
     return rk4_forward(ff, z0, p["field"], 0.0, 1.0, cfg.ode_steps)
 
@@ -280,7 +278,6 @@ _flow, _head_forward = flow, head_forward  # older private names (geolm.semantic
 
 def forward(p, ids, cfg):
     """ids int [B,T] -> (logits [N,V], out {"z0","zT" [N,D], "traj" [S+1,N,D], "aux" {name:[S,4,N]}}, cache)."""
-    from .transformer import encoder_forward
     _check_ids(ids, cfg)
     B, T = ids.shape
     h, cenc = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T] -> [B,T,D]
@@ -293,13 +290,11 @@ def forward(p, ids, cfg):
 
 def backward(dlogits, daux, cache):
     """dlogits [N,V], daux {name: [S,4,N]} or None -> dp (nested like p; tied wte gets both gradients)."""
-    from .transformer import encoder_backward
     cenc, code, chead, (B, T), cfg = cache
     dzT, dp = head_backward(dlogits, chead, cfg)
     if cfg.no_ode:
         dz0 = dzT
     else:
-        from .ode import rk4_backward
         ff, fb = _fields(cfg)
         dz0, dpfield = rk4_backward(dzT, None, daux or None, code, ff, fb)
         dp["field"] = dpfield
@@ -368,7 +363,6 @@ def eval_nll(theta, batch, cfg, spec):
 
 def logits_last(p, ids, cfg):
     """ids [B,T] -> logits [B,V] of the next token after each row (the ODE runs on the last position only)."""
-    from .transformer import encoder_forward
     _check_ids(ids, cfg)
     h, _ = encoder_forward(ids, p["enc"], cfg.heads)  # [B,T,D]
     z0 = np.ascontiguousarray(h[:, -1])  # [B,D]

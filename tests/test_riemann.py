@@ -1,6 +1,5 @@
 """Riemannian ODE LM: config validation, the field z -> g^-1 f (gradchecks, dense = lowrank), whole-model grads."""
 import dataclasses
-import functools
 
 import numpy as np
 import pytest
