@@ -1,0 +1,325 @@
+"""One full Riemannian training step at the original's shapes: time, tokens/s, useful FLOPs vs the matmul peak,
+the split between parts, the dense-metric step, and peak memory against the number of RK4 steps.
+
+    python bench/bench_train_step.py            # batch 32, seq 192, d 384, r 64, h_U 128, h_f 1536, S 4,
+                                                # 4 layers x 6 heads, vocab 4096, float32
+    python bench/bench_train_step.py --quick    # tiny shapes, seconds (CI smoke test)
+
+The step = encoder forward, RK4 forward (S steps x 4 field evaluations), head + cross-entropy + penalties,
+discrete adjoint (recomputes each step's 4 stages, then their VJPs), encoder backward, global-norm clip, Adam.
+
+FLOPs are counted analytically, 2*m*n*k per matmul (GEMMs only; elementwise, softmax, LayerNorm, RK4 axpys
+and Adam are not counted):
+  encoder layer (fwd)  N (2 D 3D + 2 D D + 2*2 D F) + 2*2 B T^2 D      (qkv, proj, MLP, full QK^T and AV)
+  head (fwd)           2 N D V
+  field eval (fwd)     f-MLP 2 N (D h_f + h_f D), U-MLP 2 N (D h_U + h_U R D), Woodbury 2 N R^2 D + 4 N R D
+                       (dense: 2 N R D^2 for g = U^T U + 2/3 N D^3 for one LU, as in the issue's count)
+  useful = 3 x fwd (forward + backward of activations and weights) for encoder and head;
+           4 x fwd for the 4 S field evaluations (forward, recompute in the adjoint, 2 x for their VJPs).
+The time split runs each part's own forward / backward on the same shapes, in the proportion the step calls
+them (a field part costs 4S x (2 fwd + bwd)); "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
+clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
+dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
+field evaluation in float32 at N = 6144, several of them live at once in the backward). At --quick shapes the
+dense step also runs for real, so the estimate is checked against a measurement.
+Peak memory: tracemalloc (NumPy registers its buffers with it) in a fresh subprocess per RK4 step count, one
+step after a warm-up, minus the state held before the step (theta, grad, Adam moments, batch).
+"""
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+from geolm import riemann  # noqa: E402
+from geolm.losses import xent_backward, xent_forward  # noqa: E402
+from geolm.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
+from geolm.mlp import mlp_backward, mlp_forward  # noqa: E402
+from geolm.optim import adam_init, adam_step, clip_grad_norm  # noqa: E402
+from geolm.transformer import encoder_backward, encoder_forward  # noqa: E402
+
+FULL = dict(batch=32, seq=192, dim=384, rank=64, hidden=128, field_hidden=1536, ode_steps=4, layers=4, heads=6,
+            vocab=4096)
+QUICK = dict(batch=2, seq=16, dim=32, rank=4, hidden=8, field_hidden=64, ode_steps=2, layers=1, heads=2, vocab=128)
+
+
+def make_cfg(sh, metric="lowrank", ode_steps=None):
+    return riemann.RiemannConfig(vocab_size=sh["vocab"], n_vocab=sh["vocab"], dim=sh["dim"], layers=sh["layers"],
+                                 heads=sh["heads"], ff_mult=4, seq_len=sh["seq"], rank=sh["rank"],
+                                 hidden=sh["hidden"], field_hidden=sh["field_hidden"],
+                                 ode_steps=ode_steps or sh["ode_steps"], metric=metric)
+
+
+def make_problem(sh, metric="lowrank", ode_steps=None, seed=0):
+    """-> (cfg, spec, theta, grad, adam state, batch). Weights are moved off the zero-f init so the flow is real."""
+    cfg = make_cfg(sh, metric, ode_steps)
+    rng = np.random.default_rng(seed)
+    spec, theta = riemann.init_params(cfg, rng)
+    p = spec.views(theta)
+    f2 = p["field"]["f"]["fc2"]["w"]
+    f2[...] = rng.normal(0.0, 0.3 / math.sqrt(f2.shape[0]), size=f2.shape)  # nonzero field
+    u2 = p["field"]["U"]["fc2"]["w"] if "U" in p["field"] else None
+    if u2 is not None:
+        u2[...] = rng.normal(0.0, 0.3 / math.sqrt(u2.shape[0]), size=u2.shape)  # g visibly != eps I
+    ids = rng.integers(0, sh["vocab"] - 3, size=(sh["batch"], sh["seq"] + 1)).astype(np.int32)
+    batch = (ids[:, :-1].copy(), ids[:, 1:].copy())
+    return cfg, spec, theta, np.zeros_like(theta), adam_init(theta), batch
+
+
+def train_step(theta, grad, adam, batch, cfg, spec):
+    loss, stats = riemann.loss_and_grads(theta, grad, batch, cfg, spec)
+    clip_grad_norm(grad, 1.0)
+    adam_step(theta, grad, adam, 1e-4)
+    return loss
+
+
+def flops(sh, metric="lowrank"):
+    """Analytic forward GEMM FLOPs per part -> dict, and the useful total of one training step."""
+    B, T, D, R, hU, hf, S, L, V = (sh[k] for k in ("batch", "seq", "dim", "rank", "hidden", "field_hidden",
+                                                   "ode_steps", "layers", "vocab"))
+    N, F = B * T, 4 * D
+    fw = {"encoder": L * (N * (2 * D * 3 * D + 2 * D * D + 2 * 2 * D * F) + 2 * 2 * B * T * T * D),
+          "head": 2 * N * D * V,
+          "f_mlp": 2 * N * (D * hf + hf * D),
+          "u_mlp": 2 * N * (D * hU + hU * R * D),
+          "metric": (2 * N * R * R * D + 4 * N * R * D) if metric != "dense"
+          else (2 * N * R * D * D + (2 / 3) * N * D ** 3)}
+    mult = {"encoder": 3, "head": 3, "f_mlp": 4 * 4 * S, "u_mlp": 4 * 4 * S, "metric": 4 * 4 * S}
+    per_step = {k: fw[k] * mult[k] for k in fw}
+    return fw, per_step, sum(per_step.values())
+
+
+CPU = {}  # last _t call's median process CPU seconds (all threads; robust to time-slicing by other processes)
+
+
+def _t(fn, args, step=False):
+    """Median wall seconds of fn() via the harness (the warm-up call compiles any Numba kernel); the median
+    CPU seconds go to CPU["last"]. Default repeats: quick 2; full shapes 3 for the parts, 1 for the step."""
+    rep = args.repeat or (2 if args.quick else (1 if step else 3))
+    cpu = []
+
+    def timed():
+        c = time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+
+    t = harness.measure(timed, warmup=1, repeat=rep)[0]
+    CPU["last"] = float(np.median(cpu[1:]))
+    return t
+
+
+def part_times(sh, cfg, spec, theta, batch, args):
+    """(wall, CPU) seconds per training step spent in each part, each timed on its own at the step's shapes."""
+    p = spec.views(theta)
+    B, T, D = sh["batch"], sh["seq"], sh["dim"]
+    N, S = B * T, cfg.ode_steps
+    ids, targets = batch
+    rng = np.random.default_rng(1)
+    wall, cpu = {}, {}
+
+    def tc(fn):
+        return np.array([_t(fn, args), CPU["last"]])
+
+    # encoder
+    t_f = tc(lambda: encoder_forward(ids, p["enc"], cfg.heads))
+    h, cenc = encoder_forward(ids, p["enc"], cfg.heads)
+    dh = rng.normal(size=h.shape).astype(h.dtype)
+    t = t_f + tc(lambda: encoder_backward(dh, cenc))
+    wall["encoder"], cpu["encoder"] = t
+    del cenc
+    z = np.ascontiguousarray(h.reshape(N, D))
+
+    def head():  # final LN + linear + cross-entropy, forward and backward
+        logits, ch = riemann.head_forward(z, p, cfg)
+        ce, cx = xent_forward(logits, targets.reshape(-1))
+        riemann.head_backward(xent_backward(1.0, cx), ch, cfg)
+
+    wall["head"], cpu["head"] = tc(head)
+    # the field's parts: 4S evaluations forward, 4S recomputed in the adjoint, 4S backward
+    pf = p["field"]
+    n_ev = 4 * S
+    t_f = tc(lambda: mlp_forward(z, pf["f"]))
+    f, cf = mlp_forward(z, pf["f"])
+    t = n_ev * (2 * t_f + tc(lambda: mlp_backward(f, cf)))
+    wall["f_mlp"], cpu["f_mlp"] = t
+    if "U" in pf:
+        t_f = tc(lambda: mlp_forward(z, pf["U"]))
+        u, cu = mlp_forward(z, pf["U"])
+        t = n_ev * (2 * t_f + tc(lambda: mlp_backward(u, cu)))
+        wall["u_mlp"], cpu["u_mlp"] = t
+        U = u.reshape(N, cfg.rank, D)
+        t_f = tc(lambda: metric_solve_forward(U, f, cfg.eps, cfg.alpha))
+        v, ld, cm = metric_solve_forward(U, f, cfg.eps, cfg.alpha)
+        dld = rng.normal(size=ld.shape).astype(ld.dtype)
+        t = n_ev * (2 * t_f + tc(lambda: metric_solve_backward(f, dld, cm)))
+        wall["metric"], cpu["metric"] = t
+        del u, cu, U, cm
+    return wall, cpu, z, f
+
+
+def dense_metric_time(sh, cfg, spec, theta, z, f, args):
+    """Dense vs Woodbury metric solve (fwd + bwd) on a token subset; validated; -> per-token seconds each."""
+    n = min(args.dense_tokens, z.shape[0])
+    pf = spec.views(theta)["field"]
+    u, _ = mlp_forward(z[:n], pf["U"])
+    U = np.ascontiguousarray(u.reshape(n, cfg.rank, cfg.dim))
+    fs = np.ascontiguousarray(f[:n])
+    rng = np.random.default_rng(2)
+    dv = rng.normal(size=fs.shape).astype(fs.dtype)
+    dl = rng.normal(size=n).astype(fs.dtype)
+    v_w, l_w, c_w = metric_solve_forward(U, fs, cfg.eps, cfg.alpha)
+    v_d, l_d, c_d = riemann.dense_metric_forward(U, fs, cfg.eps, cfg.alpha)
+    gw, gd = metric_solve_backward(dv, dl, c_w), riemann.dense_metric_backward(dv, dl, c_d)
+    errs = {k: harness.max_rel_err(a, b) for k, a, b in
+            (("v", v_w, v_d), ("logdet", l_w, l_d), ("dU", gw[0], gd[0]), ("df", gw[1], gd[1]))}
+    harness.validate("Woodbury vs dense metric (v, logdet, dU, df)", [v_w, l_w, *gw], [v_d, l_d, *gd], 2e-2)
+
+    def run(fwd, bwd):
+        def go():
+            _, _, c = fwd(U, fs, cfg.eps, cfg.alpha)
+            bwd(dv, dl, c)
+        return go
+
+    t_w = _t(run(metric_solve_forward, metric_solve_backward), args)
+    t_wf = _t(lambda: metric_solve_forward(U, fs, cfg.eps, cfg.alpha), args)
+    t_d = _t(run(riemann.dense_metric_forward, riemann.dense_metric_backward), args)
+    t_df = _t(lambda: riemann.dense_metric_forward(U, fs, cfg.eps, cfg.alpha), args)
+    # per step per token: 4S x (2 fwd + bwd) = 4S x (fwd + (fwd+bwd))
+    n_ev = 4 * cfg.ode_steps
+    return {"tokens": n, "woodbury_s_per_token": n_ev * (t_wf + t_w) / n,
+            "dense_s_per_token": n_ev * (t_df + t_d) / n, "max_rel_err": max(errs.values()), "errs": errs,
+            "eval_woodbury_s": t_w, "eval_dense_s": t_d}
+
+
+# ----------------------------------------------------------------------------- memory (child process)
+
+def mem_child(sh, S):
+    import tracemalloc
+    cfg, spec, theta, grad, adam, batch = make_problem(sh, ode_steps=S)
+    train_step(theta, grad, adam, batch, cfg, spec)  # warm-up: JIT, BLAS buffers
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    train_step(theta, grad, adam, batch, cfg, spec)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    import resource
+    print(json.dumps({"S": S, "peak_bytes": peak - base, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF)
+                      .ru_maxrss}))
+
+
+def memory_sweep(sh, steps, args):
+    rows = []
+    for S in steps:
+        cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", str(S), "--shapes", json.dumps(sh)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"memory child S={S} failed: {r.stderr.strip().splitlines()[-1:]}")
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.common_args(ap)
+    ap.add_argument("--batch", type=int, default=None, help="override the batch size (default 32; quick 2)")
+    ap.add_argument("--threads", type=int, default=0, help="BLAS and Numba threads (default: all cores)")
+    ap.add_argument("--dense-tokens", type=int, default=96, help="tokens on which the dense metric is timed")
+    ap.add_argument("--mem-steps", default="4,8,16", help="RK4 step counts for the memory sweep ('' to skip)")
+    ap.add_argument("--mem-batch", type=int, default=8, help="batch size of the memory sweep (full shapes)")
+    ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        from geolm.distributed import configure_threads
+        configure_threads(args.threads)
+    if args.mem_child is not None:
+        return mem_child(json.loads(args.shapes), args.mem_child)
+    sh = dict(QUICK if args.quick else FULL)
+    if args.batch:
+        sh["batch"] = args.batch
+    N = sh["batch"] * sh["seq"]
+    print(harness.env_header())
+    peak = harness.matmul_peak(np.float32)
+    print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
+    print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
+
+    cfg, spec, theta, grad, adam, batch = make_problem(sh)
+    print(f"parameters: {spec.size:,}")
+    t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec), args, step=True)
+    cpu_step = CPU["last"]
+    peak2 = harness.matmul_peak(np.float32)  # again right after the step: the machine is shared
+    print(f"float32 matmul peak after the step: {peak2:.1f} GFLOP/s (using the larger)")
+    peak = max(peak, peak2)
+    fw, per, total = flops(sh)
+    gfs = total / t_step / 1e9
+    rows = [dict(what="train step (Woodbury)", seconds=t_step, cpu_seconds=cpu_step, tokens_per_s=N / t_step,
+                 gflop=total / 1e9, gflops=gfs, frac_peak=gfs / peak)]
+    print(f"step: {t_step:.3f} s wall ({cpu_step:.3f} s CPU over all threads), {N / t_step:,.0f} tokens/s, "
+          f"useful {total / 1e9:.1f} GFLOP -> {gfs:.1f} GFLOP/s = {100 * gfs / peak:.1f}% of the measured float32 "
+          f"matmul peak")
+
+    parts, pcpu, z, f = part_times(sh, cfg, spec, theta, batch, args)
+    parts["other"] = max(t_step - sum(parts.values()), 0.0)
+    pcpu["other"] = max(cpu_step - sum(pcpu.values()), 0.0)
+    prow = []
+    for k, t in parts.items():
+        g = per.get(k, 0.0) / 1e9
+        gs = g / t if t > 0 and g else 0.0
+        prow.append(dict(part=k, s_per_step=t, share_pct=100 * t / t_step, gflop=g, gflops=gs,
+                         pct_peak=100 * gs / peak, cpu_s=pcpu[k]))
+    print()
+    harness.report(prow)
+    rows += [dict(what=f"part {r['part']}", seconds=r["s_per_step"], gflop=r["gflop"], gflops=r["gflops"])
+             for r in prow]
+
+    dm = dense_metric_time(sh, cfg, spec, theta, z, f, args)
+    dense_metric_step = dm["dense_s_per_token"] * N
+    t_dense = t_step - parts["metric"] + dense_metric_step
+    _, per_d, total_d = flops(sh, "dense")
+    print(f"\ndense metric vs Woodbury, one field evaluation fwd+bwd on {dm['tokens']} tokens (validated, max rel "
+          f"err {dm['max_rel_err']:.1e}): dense {dm['eval_dense_s']:.4f} s, Woodbury {dm['eval_woodbury_s']:.4f} s "
+          f"({dm['eval_dense_s'] / dm['eval_woodbury_s']:.1f}x)")
+    print(f"dense step (estimated: step - metric part {parts['metric']:.2f} s + dense metric scaled to N={N}: "
+          f"{dense_metric_step:.1f} s): {t_dense:.1f} s -> Woodbury step is {t_dense / t_step:.1f}x faster "
+          f"(dense useful FLOPs {total_d / 1e9:.0f} G)")
+    rows.append(dict(what="train step (dense, estimated)", seconds=t_dense, tokens_per_s=N / t_dense,
+                     gflop=total_d / 1e9, speedup_woodbury=t_dense / t_step))
+    if args.quick:  # small enough to run the dense step for real and check the estimate
+        cfg_d = dataclasses.replace(cfg, metric="dense")
+        theta_d, grad_d, adam_d = theta.copy(), np.zeros_like(theta), adam_init(theta)
+        t_real = _t(lambda: train_step(theta_d, grad_d, adam_d, batch, cfg_d, spec), args)
+        print(f"dense step measured at quick shapes: {t_real:.4f} s (estimate {t_dense:.4f} s)")
+        rows.append(dict(what="train step (dense, measured)", seconds=t_real))
+
+    steps = [int(s) for s in args.mem_steps.split(",") if s.strip()]
+    if steps:
+        msh = dict(sh, batch=sh["batch"] if args.quick else args.mem_batch)
+        mem = memory_sweep(msh, steps, args)
+        Nm = msh["batch"] * msh["seq"]
+        bnd = Nm * msh["dim"] * 4
+        print(f"\npeak traced memory of one step (batch {msh['batch']}, N={Nm}; one boundary state = "
+              f"{bnd / 2**20:.2f} MiB)")
+        print(f"{'S':>3} {'peak MiB':>10} {'+ vs first':>11} {'boundaries':>11} {'maxrss MiB':>11}")
+        for m in mem:
+            extra = (m["peak_bytes"] - mem[0]["peak_bytes"]) / 2**20
+            print(f"{m['S']:>3} {m['peak_bytes'] / 2**20:>10.1f} {extra:>11.1f} "
+                  f"{(m['S'] - mem[0]['S']) * bnd / 2**20:>11.1f} {m['maxrss_kb'] / 1024:>11.1f}")
+            rows.append(dict(what=f"peak memory S={m['S']}", bytes=m["peak_bytes"]))
+    harness.write_json(args, dict(shapes=sh, peak_gflops=peak, rows=rows, parts=parts, dense=dm))
+
+
+if __name__ == "__main__":
+    main()
