@@ -338,6 +338,11 @@ def _jobs(cfg, comm, n_models):
     return max(1, min(os.cpu_count() or 1, n_models, 2))
 
 
+def _log_every(spe):
+    """A divisor of steps/epoch in [50, 400] (else spe), so fit's training-loss windows never straddle epochs."""
+    return next((d for d in range(min(spe, 400), 49, -1) if spe % d == 0), spe)
+
+
 def _train_model(name):
     """Train one model with geolm.train.fit -> (name, results entry, GeoModelConfig, theta)."""
     from .train import TrainConfig, fit
@@ -346,7 +351,7 @@ def _train_model(name):
     cfg = J["cfg"]
     threads = 1 if J["jobs"] > 1 else cfg.threads
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
-                       seed=cfg.seed, threads=threads, log_every=50, keep_checkpoints=1)
+                       seed=cfg.seed, threads=threads, log_every=_log_every(J["spe"]), keep_checkpoints=1)
     mc = G.GeoModelConfig(name=name, Vi=J["pad"] + 1, V=J["V"], H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
                           n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
     task = make_task(mc, J["tables"][mc.table_set], J["Xtr"], J["ytr"], J["Xva"], J["yva"], J["tok_hash"])

@@ -79,3 +79,47 @@ def test_end_to_end_small(tinystories, tmp_path):
     assert m["hybrid_kappa_fit"]["val_ppl"] <= m["hybrid_kappa"]["val_ppl"] * 1.05
     assert (out / "curves.png").stat().st_size > 1000
     assert "data:" in r.stdout and "val ppl" in r.stdout
+
+
+SMALL = ["--max-train-stories", "40", "--max-val-stories", "10", "--vocab-size", "300", "--kappa-holdout", "10",
+         "--dim", "8", "--successor-dim", "4", "--models", "bigram,trigram,geo_abs_kappa", "--jobs", "1",
+         "--threads", "1"]
+
+
+def _ppl(path):
+    return {k: v["val_ppl"] for k, v in json.loads((path / "results.json").read_text())["models"].items()}
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_resume_continues_to_the_same_result(tinystories, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "2", "--output", str(a)]).returncode == 0
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "1", "--output", str(b)]).returncode == 0
+    r = _run(["--data", str(tinystories), *SMALL, "--epochs", "2", "--output", str(b), "--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert _ppl(a) == _ppl(b)
+    ep = json.loads((b / "results.json").read_text())["models"]["trigram"]["epochs"]
+    assert [e["epoch"] for e in ep] == [1, 2]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
+    import shutil
+    pytest.importorskip("mpi4py")
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not found")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "1", "--output", str(one)]).returncode == 0
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GEOLM_MPI"}
+    r = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(SCRIPT), "--data", str(tinystories), *SMALL,
+                        "--epochs", "1", "--output", str(two)], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-1000:]
+    p1, p2 = _ppl(one), _ppl(two)
+    assert p1.keys() == p2.keys() and p1["bigram"] == p2["bigram"]  # exact: sharded integer counts
+    for k in p1:
+        assert p2[k] == pytest.approx(p1[k], rel=1e-5), k
+    g1 = json.loads((one / "results.json").read_text())["data"]["geometry"]
+    g2 = json.loads((two / "results.json").read_text())["data"]["geometry"]
+    assert g1["nnz_ppmi_counts"] == g2["nnz_ppmi_counts"] and g1["spectrum_kept"] == g2["spectrum_kept"]
