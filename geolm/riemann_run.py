@@ -101,7 +101,23 @@ def parse(argv, prog="train_riemann.py"):
             flags = " ".join("--" + c.replace("_", "-") for c in clash)
             raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
                               f"drop --no-ode or those flags")
+    args._explicit = explicit_flags(argv)
+    if args.resume:
+        _resume_defaults(args)
     return args
+
+
+def _resume_defaults(args):
+    """--resume DIR: every model / training / data flag not given on the command line is taken from DIR's newest
+    checkpoint, so `--resume DIR` alone continues the run as it was started (given flags are still checked)."""
+    from .checkpoint import load_checkpoint
+    ck = load_checkpoint(args.resume, expect_family="riemann")
+    saved = dict(ck.meta.get("cfg", {}))
+    saved.update(ck.meta.get("tcfg", {}))
+    saved.update({k: ck.extra.get(k) for k in ("data", "val_data", "max_train", "max_val", "min_frequency")})
+    for k, v in saved.items():
+        if k in vars(args) and k not in args._explicit and k not in ("threads", "resume", "output"):
+            setattr(args, k, v)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,6 +183,10 @@ def full_val_ppl(theta, cfg, spec, chunks, bs, pad_id=None):
 
 # ---------------------------------------------------------------------------------------------------------------
 # the run
+
+def _median(xs):
+    return float(np.median(xs)) if xs else None
+
 
 def _where(data):
     """A data argument as recorded in checkpoints: local paths made absolute, None -> the default hub name."""
@@ -305,7 +325,8 @@ def run(args, progress=True):
         family="riemann", data=data["corpus"].source, val_ppl=ppl_full, val_tokens=n_full,
         val_ppl_subset=res["final_val_ppl"], best_val_ppl_subset=res["best_val_ppl"],
         steps=res["steps_done"], skipped=res["skipped"], seconds=res["seconds"],
-        s_per_step=res["seconds"] / max(res["steps_done"], 1) if not rc.resume else None,
+        s_per_step=_median([r["ms_per_step"] / 1e3 for r in train_recs if isinstance(r.get("ms_per_step"), float)]),
+        wall_s_per_step=res["seconds"] / max(res["steps_done"], 1),
         tokens_per_s=(train_recs[-1].get("tokens_per_s") if train_recs else None),
         params=spec.size, vocab=tok.V, tokenizer=tok.hash, cfg=dataclasses.asdict(cfg),
         tcfg=dataclasses.asdict(tcfg), run=dataclasses.asdict(rc), checkpoint=res["checkpoint"],

@@ -93,3 +93,32 @@ def test_split_chunk_masks_pad():
     ids, tg = riemann_run.split_chunk(ch, pad_id=9)
     np.testing.assert_array_equal(ids, [[1, 2, 3], [4, 5, 9]])
     np.testing.assert_array_equal(tg, [[2, 3, -1], [5, -1, -1]])
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_and_resume_continues(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = TINY + ODE + ["--output", str(out), "--steps", "100000", "--eval-every", "0", "--log-every", "1"]
+    args[args.index("--gen-tokens") + 1] = "0"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT)] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and not ((out / "metrics.jsonl").exists()
+                                              and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-1500:]
+    assert f"--resume {out}" in err and "Traceback" not in err
+    ck = sorted(out.glob("ckpt_*.npz"))
+    assert ck
+    step = int(ck[-1].stem.split("_")[1])
+    r = _run(["--resume", str(out), "--steps", str(step + 2), "--gen-tokens", "0"])  # every other flag from the run
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
