@@ -47,6 +47,12 @@ def test_tiny_run_writes_outputs(control, tmp_path):
             assert k in evals[-1], k
         assert evals[-1]["logdet_const"] == pytest.approx(12 * np.log(0.1))
     assert "validation perplexity" in r.stdout
+    g = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--checkpoint", str(out), "--tokens",
+                        "5", "--prompt", "Once upon", "--top-k", "3"], capture_output=True, text=True, timeout=120)
+    assert g.returncode == 0 and g.stdout.splitlines()[1].startswith("Once upon"), g.stderr[-1500:]
+    g = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--checkpoint", str(out), "--prompt",
+                        " "], capture_output=True, text=True, timeout=120)
+    assert g.returncode == 2 and g.stderr.startswith("error:") and "--prompt" in g.stderr
 
 
 @pytest.mark.parametrize("extra, needle", [
