@@ -263,3 +263,23 @@ def test_logits_last_matches_forward(rng):
     np.testing.assert_allclose(last, logits.reshape(2, 5, -1)[:, -1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError):
         riemann.logits_last(p, np.zeros((1, 6), np.int64), cfg)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(metric="identity"), dict(metric="dense"), dict(no_ode=True)])
+def test_float32_stays_float32(kw, rng):
+    cfg = _control_cfg(dict(dim=8, heads=2, rank=3, **kw))
+    spec, theta = riemann.init_params(cfg, rng, dtype=np.float32)
+    theta += (0.1 * rng.standard_normal(theta.shape)).astype(np.float32)
+    ids = rng.integers(0, cfg.V, (2, 3))
+    p = spec.views(theta)
+    loss, stats, cache = riemann.loss_forward(p, ids, ids, cfg)
+    logits, out, _ = riemann.forward(p, ids, cfg)
+    assert logits.dtype == np.float32 and out["zT"].dtype == np.float32
+    assert all(a.dtype == np.float32 for a in out["aux"].values())
+    dp = riemann.loss_backward(cache)
+
+    def leaves(d):
+        for v in d.values():
+            yield from (leaves(v) if isinstance(v, dict) else [v])
+    assert all(a.dtype == np.float32 for a in leaves(dp))
+    assert np.isfinite(loss)
