@@ -205,7 +205,7 @@ def dense_metric_time(sh, cfg, spec, theta, z, f, args):
 def mem_child(sh, S):
     import tracemalloc
     cfg, spec, theta, grad, adam, batch = make_problem(sh, ode_steps=S)
-    train_step(theta, grad, adam, batch, cfg, spec)  # warm-up: JIT, BLAS buffers
+    train_step(theta, grad, adam, (batch[0][:1], batch[1][:1]), cfg, spec)  # warm-up on one sequence: JIT load
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -221,7 +221,8 @@ def mem_child(sh, S):
 def memory_sweep(sh, steps, args):
     rows = []
     for S in steps:
-        cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", str(S), "--shapes", json.dumps(sh)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", str(S), "--shapes", json.dumps(sh),
+               "--threads", str(args.threads)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"memory child S={S} failed: {r.stderr.strip().splitlines()[-1:]}")
@@ -231,31 +232,9 @@ def memory_sweep(sh, steps, args):
 
 # ----------------------------------------------------------------------------- main
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.common_args(ap)
-    ap.add_argument("--batch", type=int, default=None, help="override the batch size (default 32; quick 2)")
-    ap.add_argument("--threads", type=int, default=0, help="BLAS and Numba threads (default: all cores)")
-    ap.add_argument("--dense-tokens", type=int, default=96, help="tokens on which the dense metric is timed")
-    ap.add_argument("--mem-steps", default="4,8,16", help="RK4 step counts for the memory sweep ('' to skip)")
-    ap.add_argument("--mem-batch", type=int, default=8, help="batch size of the memory sweep (full shapes)")
-    ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.threads:
-        from geolm.distributed import configure_threads
-        configure_threads(args.threads)
-    if args.mem_child is not None:
-        return mem_child(json.loads(args.shapes), args.mem_child)
-    sh = dict(QUICK if args.quick else FULL)
-    if args.batch:
-        sh["batch"] = args.batch
+def time_step(sh, peak, args):
+    """Time the step, its parts and the dense estimate; print tables; -> (rows, parts, dense info)."""
     N = sh["batch"] * sh["seq"]
-    print(harness.env_header())
-    peak = harness.matmul_peak(np.float32)
-    print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
-    print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
-
     cfg, spec, theta, grad, adam, batch = make_problem(sh)
     print(f"parameters: {spec.size:,}")
     t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec), args, step=True)
@@ -304,6 +283,38 @@ def main(argv=None):
         print(f"dense step measured at quick shapes: {t_real:.4f} s (estimate {t_dense:.4f} s)")
         rows.append(dict(what="train step (dense, measured)", seconds=t_real))
 
+    return rows, parts, dm
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.common_args(ap)
+    ap.add_argument("--batch", type=int, default=None, help="override the batch size (default 32; quick 2)")
+    ap.add_argument("--threads", type=int, default=0, help="BLAS and Numba threads (default: all cores)")
+    ap.add_argument("--dense-tokens", type=int, default=96, help="tokens on which the dense metric is timed")
+    ap.add_argument("--mem-steps", default="4,8,16", help="RK4 step counts for the memory sweep ('' to skip)")
+    ap.add_argument("--mem-batch", type=int, default=8, help="batch size of the memory sweep (full shapes)")
+    ap.add_argument("--mem-only", action="store_true", help="run only the memory sweep")
+    ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        from geolm.distributed import configure_threads
+        configure_threads(args.threads)
+    if args.mem_child is not None:
+        return mem_child(json.loads(args.shapes), args.mem_child)
+    sh = dict(QUICK if args.quick else FULL)
+    if args.batch:
+        sh["batch"] = args.batch
+    N = sh["batch"] * sh["seq"]
+    print(harness.env_header())
+    peak = harness.matmul_peak(np.float32)
+    print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
+    print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
+
+    rows, parts, dm = [], {}, {}
+    if not args.mem_only:
+        rows, parts, dm = time_step(sh, peak, args)
     steps = [int(s) for s in args.mem_steps.split(",") if s.strip()]
     if steps:
         msh = dict(sh, batch=sh["batch"] if args.quick else args.mem_batch)
@@ -312,12 +323,17 @@ def main(argv=None):
         bnd = Nm * msh["dim"] * 4
         print(f"\npeak traced memory of one step (batch {msh['batch']}, N={Nm}; one boundary state = "
               f"{bnd / 2**20:.2f} MiB)")
-        print(f"{'S':>3} {'peak MiB':>10} {'+ vs first':>11} {'boundaries':>11} {'maxrss MiB':>11}")
+        mrows = []
         for m in mem:
-            extra = (m["peak_bytes"] - mem[0]["peak_bytes"]) / 2**20
-            print(f"{m['S']:>3} {m['peak_bytes'] / 2**20:>10.1f} {extra:>11.1f} "
-                  f"{(m['S'] - mem[0]['S']) * bnd / 2**20:>11.1f} {m['maxrss_kb'] / 1024:>11.1f}")
+            extra = m["peak_bytes"] - mem[0]["peak_bytes"]
+            nb = (m["S"] - mem[0]["S"]) * bnd
+            mrows.append(dict(S=m["S"], peak_MiB=m["peak_bytes"] / 2**20, growth_MiB=extra / 2**20,
+                              boundary_states_MiB=nb / 2**20, growth_per_boundary=extra / nb if nb else 0.0,
+                              maxrss_MiB=m["maxrss_kb"] / 1024))
             rows.append(dict(what=f"peak memory S={m['S']}", bytes=m["peak_bytes"]))
+        harness.report(mrows)
+        print("growth_per_boundary ~ 1 means the extra memory of more RK4 steps is the stored boundary states "
+              "(plus per-stage scalars), not per-stage caches")
     harness.write_json(args, dict(shapes=sh, peak_gflops=peak, rows=rows, parts=parts, dense=dm))
 
 
