@@ -25,7 +25,7 @@ import numpy as np
 
 from . import riemann
 from .config import ArgParser, add_args, from_args, opt, require
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, NumericalError
 
 # TrainConfig defaults for this model (spec 1.4: KAHLER's AdamW (0.9, 0.95), wd 1e-4, clip 1; peak lr 1e-3)
 TRAIN_DEFAULTS = dict(steps=700, batch_size=16, lr=1e-3, schedule="cosine", warmup=50, min_lr=1e-4,
@@ -160,25 +160,46 @@ def batches_of(chunks, bs, limit=0, pad_id=None):
     return [split_chunk(chunks[i:i + bs], pad_id) for i in stops]
 
 
-def make_task(cfg, spec, data, tcfg, rc):
+def guarded(fn, warn, what):
+    """fn(theta, *a) with a NumericalError (e.g. a metric K that is not PD in float32) turned into a NaN result,
+    so that fit's non-finite guard skips the step, backs off the learning rate and stops after repeated failures
+    (with the last good checkpoint intact); the first few messages are printed."""
+    seen = [0]
+
+    def wrapper(theta, *a):
+        try:
+            return fn(theta, *a)
+        except NumericalError as e:
+            seen[0] += 1
+            if seen[0] <= 3:
+                warn(f"warning: {what} hit a numerical failure ({seen[0]}): {e}")
+            if len(a) == 2:  # loss_and_grads(theta, grad, batch)
+                a[0][...] = np.nan
+                return math.nan, {"n": int(np.sum(np.asarray(a[1][1]) != -1)), "numerical_errors": seen[0]}
+            return math.nan, int(np.sum(np.asarray(a[0][1]) != -1))  # eval_nll(theta, batch)
+    return wrapper
+
+
+def make_task(cfg, spec, data, tcfg, rc, warn=print):
     from .train import Task
     tr, va = data["train_chunks"], data["val_chunks"]
     val = batches_of(va, tcfg.batch_size, rc.val_batches, data["tok"].pad_id)
     return Task(family="riemann", cfg=cfg, spec=spec, n_train=len(tr),
                 make_batch=lambda idx: split_chunk(tr[idx]),
-                loss_and_grads=functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec),
-                eval_nll=functools.partial(riemann.eval_nll, cfg=cfg, spec=spec),
+                loss_and_grads=guarded(functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec), warn,
+                                       "a training step"),
+                eval_nll=guarded(functools.partial(riemann.eval_nll, cfg=cfg, spec=spec), warn, "evaluation"),
                 val_batches=lambda: iter(val), tokenizer_hash=data["tok"].hash)
 
 
-def full_val_ppl(theta, cfg, spec, chunks, bs, pad_id=None):
-    """(perplexity, #targets) over every validation chunk."""
+def full_val_ppl(eval_nll, theta, chunks, bs, pad_id=None):
+    """(perplexity, #targets) over every validation chunk; eval_nll(theta, batch) -> (nll sum, n)."""
     nll, n = 0.0, 0
     for b in batches_of(chunks, bs, 0, pad_id):
-        s, k = riemann.eval_nll(theta, b, cfg, spec)
+        s, k = eval_nll(theta, b)
         nll += s
         n += k
-    return math.exp(nll / n) if n and nll / n < 700 else math.inf, n
+    return (math.exp(nll / n) if nll / n < 700 else math.inf) if n else math.nan, n
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,7 +295,7 @@ def run(args, progress=True):
         encode_prompt(tok, rc.prompt)  # a prompt that tokenizes to nothing fails now, not after training
     cfg = dataclasses.replace(cfg, n_vocab=tok.V)
     spec, theta = riemann.init_params(cfg, np.random.default_rng(tcfg.seed))
-    task = make_task(cfg, spec, data, tcfg, rc)
+    task = make_task(cfg, spec, data, tcfg, rc, warn=say)
     ntr, nva = data["train_chunks"], data["val_chunks"]
     say(f"data: {data['corpus'].source}")
     say(f"tokenizer: V={tok.V} (hash {str(tok.hash)[:12]}); train {ntr.shape[0]} x {cfg.seq_len} tokens, "
@@ -311,7 +332,7 @@ def run(args, progress=True):
     res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress,
               extra_state=extra)
     hist = res["history"]
-    ppl_full, n_full = full_val_ppl(theta, cfg, spec, nva, tcfg.batch_size, tok.pad_id)
+    ppl_full, n_full = full_val_ppl(eval_nll, theta, nva, tcfg.batch_size, tok.pad_id)
     say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})")
     plots = _plots(out_dir, hist, cfg, say)
     sem = _semantic(out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)

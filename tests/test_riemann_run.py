@@ -128,3 +128,20 @@ def test_sigint_checkpoints_and_resume_continues(tmp_path):
     r = _run(["--resume", str(out), "--steps", str(step + 2), "--gen-tokens", "0"])  # every other flag from the run
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
+
+
+def test_guarded_turns_numerical_error_into_nan():
+    from geolm.errors import NumericalError
+    msgs = []
+
+    def bad(theta, grad, batch):
+        raise NumericalError("K not PD")
+
+    f = riemann_run.guarded(bad, msgs.append, "a training step")
+    grad = np.zeros(3)
+    tg = np.array([[1, -1, 2]])
+    loss, stats = f(np.zeros(3), grad, (tg, tg))
+    assert np.isnan(loss) and np.isnan(grad).all() and stats["n"] == 2 and "K not PD" in msgs[0]
+    ev = riemann_run.guarded(lambda th, b: (_ for _ in ()).throw(NumericalError("x")), msgs.append, "evaluation")
+    s, n = ev(np.zeros(3), (tg, tg))
+    assert np.isnan(s) and n == 2
