@@ -311,8 +311,7 @@ def run(cfg, *, progress=True, comm=None):
         _log(f"[{kname}] published (1, 1): ppl {kres['published']['val_ppl']:.2f}; fitted "
              f"({kres['fit']['a']:.3f}, {kres['fit']['b']:.3f}): ppl {kres['fitted']['val_ppl']:.2f}", comm)
 
-    order = [n for n in ALL_MODELS for n2 in (n, n + "_fit") if n2 in results]
-    results = {n: results[n] for n in dict.fromkeys(n2 for n in order for n2 in (n, n + "_fit") if n2 in results)}
+    results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
     summary = {"config": dataclasses.asdict(cfg), "data": data, "models": results,
                "seconds_total": time.perf_counter() - t_all, "threads": _threads()}
     if comm.rank == 0:
