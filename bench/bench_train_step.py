@@ -22,6 +22,8 @@ clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metri
 dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
 field evaluation in float32 at N = 6144, several of them live at once in the backward). At --quick shapes the
 dense step also runs for real, so the estimate is checked against a measurement.
+On a shared machine wall time depends on what else runs; the CPU-time columns (process time of all threads,
+against the GEMM's GFLOP per CPU-second) measure efficiency without that noise (spinning BLAS threads count).
 Peak memory: tracemalloc (NumPy registers its buffers with it) in a fresh subprocess per RK4 step count, one
 step after a warm-up, minus the state held before the step (theta, grad, Adam moments, batch).
 """
@@ -50,6 +52,20 @@ from geolm.transformer import encoder_backward, encoder_forward  # noqa: E402
 FULL = dict(batch=32, seq=192, dim=384, rank=64, hidden=128, field_hidden=1536, ode_steps=4, layers=4, heads=6,
             vocab=4096)
 QUICK = dict(batch=2, seq=16, dim=32, rank=4, hidden=8, field_hidden=64, ode_steps=2, layers=1, heads=2, vocab=128)
+
+
+def core_peak(n=1024, repeat=5):
+    """float32 GEMM GFLOP per CPU-second (all threads' CPU time): the per-core peak, robust to other processes
+    time-slicing the cores (wall-clock peaks are not)."""
+    a = np.ones((n, n), np.float32)
+    c = np.empty_like(a)
+    np.matmul(a, a, out=c)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        np.matmul(a, a, out=c)
+        best = min(best, time.process_time() - t)
+    return 2.0 * n ** 3 / best / 1e9
 
 
 def make_cfg(sh, metric="lowrank", ode_steps=None):
@@ -240,15 +256,19 @@ def time_step(sh, peak, args):
     t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec), args, step=True)
     cpu_step = CPU["last"]
     peak2 = harness.matmul_peak(np.float32)  # again right after the step: the machine is shared
-    print(f"float32 matmul peak after the step: {peak2:.1f} GFLOP/s (using the larger)")
+    cpeak = core_peak()
+    print(f"float32 matmul peak after the step: {peak2:.1f} GFLOP/s (using the larger); per core-second "
+          f"{cpeak:.1f} GFLOP")
     peak = max(peak, peak2)
     fw, per, total = flops(sh)
     gfs = total / t_step / 1e9
     rows = [dict(what="train step (Woodbury)", seconds=t_step, cpu_seconds=cpu_step, tokens_per_s=N / t_step,
-                 gflop=total / 1e9, gflops=gfs, frac_peak=gfs / peak)]
+                 gflop=total / 1e9, gflops=gfs, frac_peak=gfs / peak,
+                 frac_core_peak=total / 1e9 / cpu_step / cpeak)]
     print(f"step: {t_step:.3f} s wall ({cpu_step:.3f} s CPU over all threads), {N / t_step:,.0f} tokens/s, "
           f"useful {total / 1e9:.1f} GFLOP -> {gfs:.1f} GFLOP/s = {100 * gfs / peak:.1f}% of the measured float32 "
-          f"matmul peak")
+          f"matmul peak; per CPU-second {total / 1e9 / cpu_step:.1f} GFLOP = "
+          f"{100 * total / 1e9 / cpu_step / cpeak:.1f}% of the per-core peak")
 
     parts, pcpu, z, f = part_times(sh, cfg, spec, theta, batch, args)
     parts["other"] = max(t_step - sum(parts.values()), 0.0)
@@ -258,7 +278,8 @@ def time_step(sh, peak, args):
         g = per.get(k, 0.0) / 1e9
         gs = g / t if t > 0 and g else 0.0
         prow.append(dict(part=k, s_per_step=t, share_pct=100 * t / t_step, gflop=g, gflops=gs,
-                         pct_peak=100 * gs / peak, cpu_s=pcpu[k]))
+                         pct_peak=100 * gs / peak, cpu_s=pcpu[k],
+                         pct_core_peak=100 * g / pcpu[k] / cpeak if pcpu[k] > 0 and g else 0.0))
     print()
     harness.report(prow)
     rows += [dict(what=f"part {r['part']}", seconds=r["s_per_step"], gflop=r["gflop"], gflops=r["gflops"])
