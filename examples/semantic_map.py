@@ -67,7 +67,7 @@ def main(argv=None):
     print(f"wrote {res['png']}; data: {source}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({k: res[k] for k in ("n", "counts", "stats")}, fh, indent=1)
+            json.dump(semantic.json_safe({k: res[k] for k in ("n", "counts", "stats")}), fh, indent=1)
     return res
 
 

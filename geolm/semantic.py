@@ -211,6 +211,17 @@ def class_stats(points, labels, k=10, drop=("other",)):
     return out
 
 
+def json_safe(x):
+    """Nested dicts/lists with non-finite floats replaced by None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
 def format_stats(stats):
     """A small fixed-width table of class_stats output."""
     head = f"{'points':<22} {'n':>4} {'C':>2} {'silhouette':>10} {'kNN purity':>10} {'chance':>7}"

@@ -257,3 +257,26 @@ def test_semantic_map_no_ode_control(tmp_path, rng):
     res = semantic.semantic_map(theta, cfg, spec, _FakeTok(40), _stories(rng), path=tmp_path / "n.png", n=12,
                                 grid_n=6, dpi=50)
     assert res["png"] and res["stats"]["z_T/all"]["n"] == 12
+
+
+def test_json_safe():
+    assert semantic.json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {"a": [1.0, None],
+                                                                                       "b": {"c": None}}
+
+
+def test_example_bad_checkpoint_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    ex = Path(__file__).resolve().parents[1] / "examples" / "semantic_map.py"
+    r = subprocess.run([sys.executable, str(ex), "--checkpoint", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "ckpt_000000001.npz"
+    bad.write_bytes(b"not a zip")
+    r = subprocess.run([sys.executable, str(ex), "--checkpoint", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, str(ex), "--checkpoint", str(bad), "--n", "1"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--n" in r.stderr
