@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_geometric.py"
 
 def _run(args, timeout=240):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "GEOLM_MPI": "0"})
+                          env={**os.environ, "GEOLM_MPI": "0"})
 
 
 def test_model_list():
@@ -106,13 +108,12 @@ def test_resume_continues_to_the_same_result(tinystories, tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
-    import shutil
     pytest.importorskip("mpi4py")
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec not found")
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run(["--data", str(tinystories), *SMALL, "--epochs", "1", "--output", str(one)]).returncode == 0
-    env = {k: v for k, v in __import__("os").environ.items() if k != "GEOLM_MPI"}
+    env = {k: v for k, v in os.environ.items() if k != "GEOLM_MPI"}
     r = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(SCRIPT), "--data", str(tinystories), *SMALL,
                         "--epochs", "1", "--output", str(two)], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-1000:]
