@@ -24,7 +24,7 @@ def _parser():
     ap.add_argument("--json", default=None, help="also write the statistics to this JSON file")
     ap.add_argument("--data", default=None, help="data of the run (default: as recorded in the checkpoint)")
     ap.add_argument("--val-data", default=None, help="validation stories; default: from checkpoint / --data")
-    ap.add_argument("--max-train", type=int, default=None, help="training stories read from --data (default: as recorded)")
+    ap.add_argument("--max-train", type=int, default=None, help="training stories read from --data (default: recorded)")
     ap.add_argument("--max-val", type=int, default=None, help="validation stories to sample from")
     ap.add_argument("--lexicon", default=None, help="word<TAB>noun|verb file (default: shipped lexicon)")
     ap.add_argument("--k", type=int, default=10, help="neighbours for k-NN purity")
