@@ -84,8 +84,9 @@ def model_list(models):
 # ---------------------------------------------------------------------------- data + geometry
 
 def _log(msg, comm):
-    if comm.rank == 0:
-        print(msg, file=sys.stderr, flush=True)
+    if comm.rank == 0:  # one write per line, so parallel model processes do not interleave mid-line
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
 
 
 def load_data(cfg, comm):
@@ -358,8 +359,13 @@ def _train_model(name):
     comm = J["comm"]
     _log(f"[{name}] {task.spec.size:,} parameters, {J['spe']} steps/epoch x {cfg.epochs} epochs", comm)
     t0 = time.perf_counter()
+    def on_eval(step, theta):  # one line per epoch when fit's own bar is off (parallel model processes)
+        if not J["progress"]:
+            _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
+        return {}
+
     res = fit(task, theta, tcfg, Path(cfg.output) / "models" / name, resume=cfg.resume, progress=J["progress"],
-              comm=comm)
+              comm=comm, on_eval=on_eval)
     secs = time.perf_counter() - t0
     entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
              "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,
