@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from . import geometric as G
 from .config import opt, positive, require
 from .errors import ConfigError
+from .kappa import kappa_variants
 
 TRAINED = tuple(G.MODELS)
 KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
@@ -303,7 +304,8 @@ def run(cfg, *, progress=True, comm=None):
         mc, theta = thetas[base]
         task = make_task(mc, geo["tables"][mc.table_set], Xtr, ytr, Xva, yva, tok.hash)
         t0 = time.perf_counter()
-        kres = kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, cfg.seed)
+        kres = kappa_variants(mc, geo["tables"][mc.table_set], geo["X"], geo["A"], task.spec.views(theta), Xva, yva,
+                              Xho, yho, pad, cfg.seed, EVAL_BATCH)
         kt = time.perf_counter() - t0
         results[kname] = dict(kres["published"], epochs=[], params=int(task.spec.size), seconds=kt, base=base,
                               coefficients=[1.0, 1.0])
@@ -373,34 +375,6 @@ def _train_model(name):
              "skipped_steps": res["skipped"], "threads": threads}
     _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
     return name, entry, mc, theta
-
-
-def kappa_variants(mc, geo, theta, task, Xva, yva, Xho, yho, pad, seed, n_fit=4096):
-    """Validation NLL of a trained model re-weighted with (1, 1) and with coefficients fitted on held-out text."""
-    from . import kappa as K
-
-    p = task.spec.views(theta)
-    X, A = geo["X"], geo["A"]
-    fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
-    if Xho is not None and len(yho):
-        sel = np.random.default_rng([seed, 11]).permutation(len(yho))[:n_fit]
-        sel.sort()
-        logits, _ = G.model_forward(mc, geo["tables"][mc.table_set], p, Xho[sel])
-        logp = K.log_softmax(logits)
-        cont, kap = K.bias_features(X, A, Xho[sel], pad)
-        a, b, info = K.fit_coefficients(logp, cont, kap, yho[sel])
-        fit = dict(info, a=a, b=b, source=f"{len(sel)} held-out positions")
-    out = {}
-    for key, (a, b) in (("published", K.PUBLISHED), ("fitted", (fit["a"], fit["b"]))):
-        s = n = 0
-        for i in range(0, len(yva), EVAL_BATCH):
-            ctx, y = Xva[i:i + EVAL_BATCH], yva[i:i + EVAL_BATCH]
-            logits, _ = G.model_forward(mc, geo["tables"][mc.table_set], p, ctx)
-            ds, dn = K.biased_eval_nll(logits, ctx, y, X, A, pad, a, b)
-            s, n = s + ds, n + dn
-        out[key] = {"val_ppl": K.ppl(s, n), "val_loss": s / n}
-    out["fit"] = fit
-    return out
 
 
 def _threads():

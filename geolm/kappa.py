@@ -9,7 +9,7 @@ For current token t, previous token s = t-1 and candidate w (x = unit sphere coo
 Published (BLOG 06-12): a = b = 1, untuned. Fitted: (a, b) minimise the held-out NLL
     L(a, b) = mean_m [logsumexp_w(l_mw + a c_mw - b k_mw) - (l_my + a c_my - b k_my)],
 convex in (a, b) (a log-partition of features (c, -k)), with gradient E_p'[f] - f_y; minimised by L-BFGS on cached
-log-probabilities of held-out training text (never the validation set).
+log-probabilities of held-out training text (never the validation set); `kappa_variants` scores both on validation.
 For unit x: |x_w - x_t| = sqrt(2 - 2 x_w.x_t), so cont = (X u - x_t.u) / |x_w - x_t| with u = unit(x_t - x_s):
 two [M,k] x [k,V] products, no [M,V,k] tensor.
 """
@@ -102,3 +102,29 @@ def biased_eval_nll(logits, ctx, y, X, A, pad_id, a, b):
 
 def ppl(nll_sum, n):
     return math.exp(nll_sum / n) if nll_sum / n < 700 else math.inf
+
+
+def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=2048, n_fit=4096):
+    """Validation NLL of a trained geometric model (config mc, params p) re-weighted with (1, 1) and with (a, b)
+    fitted on up to n_fit held-out positions (Xho, yho; None = no fit, (0, 0)).
+    -> {"published": {"val_ppl", "val_loss"}, "fitted": {...}, "fit": {"a", "b", "source", nll_*...}}."""
+    from .geometric import model_forward
+
+    fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
+    if Xho is not None and len(yho):
+        sel = np.sort(np.random.default_rng([seed, 11]).permutation(len(yho))[:n_fit])
+        logits, _ = model_forward(mc, tables, p, Xho[sel])
+        cont, kap = bias_features(X, A, Xho[sel], pad_id)
+        a, b, info = fit_coefficients(log_softmax(logits), cont, kap, yho[sel])
+        fit = dict(info, a=a, b=b, source=f"{len(sel)} held-out positions")
+    out = {}
+    for key, (a, b) in (("published", PUBLISHED), ("fitted", (fit["a"], fit["b"]))):
+        s = n = 0
+        for i in range(0, len(yva), batch):
+            ctx, y = Xva[i:i + batch], yva[i:i + batch]
+            logits, _ = model_forward(mc, tables, p, ctx)
+            ds, dn = biased_eval_nll(logits, ctx, y, X, A, pad_id, a, b)
+            s, n = s + ds, n + dn
+        out[key] = {"val_ppl": ppl(s, n), "val_loss": s / n}
+    out["fit"] = fit
+    return out
