@@ -2,6 +2,7 @@
 
     python bench/bench_metric.py              # N=6144 tokens (32 x 192), d=384, r=64 and r=24, plus a small shape
     python bench/bench_metric.py --quick      # tiny shapes, seconds (smoke test)
+    python bench/bench_metric.py --shapes "6144,384,64"   # one shape (about a minute on 2 idle cores)
 
 Contenders (all compute v = g^-1 f, log det g and, backward, dU, df with a log-det cotangent):
   numba  geolm.metric public pair (per-token BLAS U U^T and K^-1 U, LAPACK Cholesky, prange over tokens)
@@ -21,7 +22,7 @@ FLOPs per token (counted as written here, 1 multiply-add = 2 FLOPs; same algorit
 % peak = GFLOP/s / (float32 GEMM GFLOP/s measured at start).
 """
 import argparse
-import math
+import contextlib
 import os
 import sys
 
@@ -65,6 +66,18 @@ def dense_backward(dv, dlogdet, cache):
     return dU, y
 
 
+def _null():
+    return contextlib.nullcontext()
+
+
+def _blas_limit(n):
+    """Context factory limiting BLAS threads to n (None: no limit)."""
+    if n is None:
+        return _null
+    from threadpoolctl import threadpool_limits
+    return lambda: threadpool_limits(limits=n, user_api="blas")
+
+
 # ---- one shape -------------------------------------------------------------------------------------------
 
 def run_shape(N, d, r, dtype, args, peak):
@@ -94,16 +107,18 @@ def run_shape(N, d, r, dtype, args, peak):
                      10 * tol)
     del outs, cd
 
-    rep = args.repeat or (2 if args.quick else 5)
+    rep = args.repeat or (2 if args.quick else 3)
     T = {}
+    lim = _blas_limit(args.blas_threads)
     for name in ("numba", "ref"):
         box = {}
 
         def fwd(name=name, box=box):
             box["c"] = metric_solve_forward(U, f, EPS, ALPHA, backend=name)[2]
 
-        tf = harness.measure(fwd, warmup=1, repeat=rep)
-        tb = harness.measure(lambda box=box: metric_solve_backward(dv, dl, box["c"]), warmup=1, repeat=rep)
+        with (lim() if name == "ref" else _null()):
+            tf = harness.measure(fwd, warmup=1, repeat=rep)
+            tb = harness.measure(lambda box=box: metric_solve_backward(dv, dl, box["c"]), warmup=1, repeat=rep)
         box.clear()
         T[name] = (tf, tb, 1.0)
     Ud, fd, dvd, dld = U[:nd], f[:nd], dv[:nd], dl[:nd]
@@ -112,8 +127,9 @@ def run_shape(N, d, r, dtype, args, peak):
     def dfwd():
         box["c"] = dense_forward(Ud, fd, EPS, ALPHA)[2]
 
-    tf = harness.measure(dfwd, warmup=1, repeat=max(1, rep - 2))
-    tb = harness.measure(lambda: dense_backward(dvd, dld, box["c"]), warmup=1, repeat=max(1, rep - 2))
+    with lim():
+        tf = harness.measure(dfwd, warmup=1, repeat=rep)
+        tb = harness.measure(lambda: dense_backward(dvd, dld, box["c"]), warmup=1, repeat=rep)
     box.clear()
     T["dense"] = (tf, tb, N / nd)
 
@@ -140,16 +156,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.common_args(ap)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--dense-tokens", type=int, default=256, help="tokens the dense path is timed on")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="limit BLAS threads for the ref and dense contenders (default: BLAS's own setting)")
+    ap.add_argument("--dense-tokens", type=int, default=64, help="tokens the dense path is timed on")
+    ap.add_argument("--shapes", default=None,
+                    help="N,d,r triples separated by ';' (default: 6144,384,64;6144,384,24;512,128,16)")
     args = ap.parse_args(argv)
     dtype = np.dtype(args.dtype).type
     print(harness.env_header())
     peak = harness.matmul_peak(np.float32)
     print(f"float32 matmul peak (measured now, 1024^3 GEMM): {peak:.1f} GFLOP/s; eps={EPS}, alpha={ALPHA}, "
-          f"U ~ {USCALE} N(0,1), {args.dtype}")
+          f"U ~ {USCALE} N(0,1), {args.dtype}; BLAS threads for ref/dense: "
+          f"{args.blas_threads or 'default'}; numba: its threads, BLAS 1 thread inside")
     print(__doc__[__doc__.index("FLOPs per token"):__doc__.index("% peak")].rstrip())
     all_rows, notes, summary = [], [], {}
-    for N, d, r in (QUICK if args.quick else FULL):
+    shapes = (QUICK if args.quick else FULL) if not args.shapes else [
+        tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";") if s.strip()]
+    for N, d, r in shapes:
         rows, note, err, tot = run_shape(N, d, r, dtype, args, peak)
         all_rows += rows
         if note:

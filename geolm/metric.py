@@ -17,13 +17,14 @@ Cost per token: forward ~2 r^2 d + r^3/3 + 4 r d, backward ~8 r d + 2 r^2 d (the
 Numerics: in exact arithmetic every Cholesky pivot of K is >= eps (K >= eps*I). A pivot that is not finite
 or below eps/2 means K is not positive definite at this precision (alpha*|U|^2/eps beyond what the dtype
 resolves, or non-finite U): raise NumericalError naming eps, alpha and max|U|, never return NaN.
-The r x r factorisation runs in float64 even for float32 inputs (it is O(r^3), cheap); the O(r^2 d)
-products run in the input dtype through BLAS.
+Everything runs in the input dtype (float32 in -> float32 math and out); only log det K is summed in float64.
 
 Three tiers: tests/naive_metric.py (dense float64 oracle), `metric_solve_ref` (vectorised NumPy over
-[N,r,r] stacks), `_metric_solve_nb` (Numba, one Cholesky per token, prange over token chunks, BLAS
-np.dot for the U products). The public pair validates, dispatches (numba by default) and records the
-choice in the cache. Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
+[N,r,r] stacks: matmul, np.linalg.cholesky, np.linalg.inv of the factor), `_metric_solve_nb` (Numba:
+per token BLAS np.dot for U U^T, U f, U^T s and K^-1 U, LAPACK potrf/potrs/potri called through SciPy's
+cython_lapack pointers, prange over token chunks; `_metric_solve_nb_serial` below PARALLEL_FLOPS of work).
+The public pair validates, dispatches (numba by default) and records the choice in the cache; BLAS is
+limited to one thread while the Numba kernel runs (threadpoolctl). Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
 """
 import math
 
@@ -89,14 +90,18 @@ def metric_solve_ref(U, f, eps, alpha):
     K[:, np.arange(r), np.arange(r)] += eps
     try:
         L = np.linalg.cholesky(K)  # K = L L^T, [N,r,r]
+        diag = np.diagonal(L, axis1=1, axis2=2)  # [N,r]
+        good = np.all((diag * diag > 0.5 * eps) & np.isfinite(diag), axis=1)  # exact pivots are >= eps
     except np.linalg.LinAlgError:
-        L = None
-    diag = np.diagonal(L, axis1=1, axis2=2) if L is not None else None  # [N,r]
-    ok = diag is not None and np.all(diag * diag > 0.5 * eps) and np.all(np.isfinite(diag))
-    if not ok:
-        bad = (np.arange(N) if diag is None else
-               np.nonzero(~np.all((diag * diag > 0.5 * eps) & np.isfinite(diag), axis=1))[0])
-        raise _not_pd_error(U, eps, alpha, bad if len(bad) else np.arange(N))
+        good = np.zeros(N, bool)
+    if not good.all():  # error path only: find the failing tokens one by one
+        for n in np.nonzero(~good)[0]:
+            try:
+                dn = np.diagonal(np.linalg.cholesky(K[n]))
+                good[n] = bool(np.all((dn * dn > 0.5 * eps) & np.isfinite(dn)))
+            except np.linalg.LinAlgError:
+                pass
+        raise _not_pd_error(U, eps, alpha, np.nonzero(~good)[0])
     logdetK = 2.0 * np.log(diag).sum(axis=1)  # [N]
     Linv = np.linalg.inv(L)  # [N,r,r], lower
     w = U @ f[:, :, None]  # [N,r,d] @ [N,d,1] -> [N,r,1]

@@ -125,6 +125,9 @@ def test_not_positive_definite_raises(rng, backend):
     U, f = _inputs(rng, 3, 12, 4, np.float32, scale=30.0)
     with pytest.raises(NumericalError, match=r"eps=1e-06.*alpha=1000.*max\|U\|=.*raise eps"):
         metric_solve_forward(U, f, 1e-6, 1e3, backend=backend)
+    U[[0, 2]] *= 1e-6  # only token 1 fails, and the message says so
+    with pytest.raises(NumericalError, match=r"for 1 of 3 tokens \(first 1\)"):
+        metric_solve_forward(U, f, 1e-6, 1e3, backend=backend)
     U64 = U.astype(np.float64)
     U64[1, 0, 0] = np.nan
     with pytest.raises(NumericalError, match="non-finite"):
