@@ -22,9 +22,11 @@ def main(argv=None):
     summary = run(parse(argv))  # TrainingInterrupted (Ctrl-C / SIGTERM) exits 130 / 143 after a checkpoint
     s = summary
     print(f"validation perplexity {s['val_ppl']:.2f} on {s['val_tokens']} tokens after {s['steps']} steps "
-          f"({s['s_per_step'] or float('nan'):.2f} s/step; {s['wall_s_per_step']:.2f} with evaluations); data: {s['data']}")
-    print(f"outputs in {s['run']['resume'] or s['run']['output']}: summary.json, metrics.jsonl, curves.png, "
-          f"telemetry.png{', semantic_map.png' if s['semantic'] else ''}, story.txt, {s['checkpoint']}")
+          f"({s['s_per_step'] or float('nan'):.2f} s/step; {s['wall_s_per_step']:.2f} with evaluations)")
+    print(f"data: {s['data']}")
+    out = s["run"]["resume"] or s["run"]["output"]
+    print(f"outputs in {out}: summary.json, metrics.jsonl, curves.png, telemetry.png"
+          f"{', semantic_map.png' if s['semantic'] else ''}, story.txt, {s['checkpoint']}")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ import numpy as np
 
 from . import riemann
 from .config import ArgParser, add_args, from_args, opt, require
-from .errors import ConfigError, DataError, NumericalError
+from .errors import ConfigError, DataError, GeolmError, NumericalError
 
 # TrainConfig defaults for this model (spec 1.4: KAHLER's AdamW (0.9, 0.95), wd 1e-4, clip 1; peak lr 1e-3)
-TRAIN_DEFAULTS = dict(steps=700, batch_size=16, lr=1e-3, schedule="cosine", warmup=50, min_lr=1e-4,
+TRAIN_DEFAULTS = dict(steps=400, batch_size=16, lr=1e-3, schedule="cosine", warmup=50, min_lr=1e-4,
                       weight_decay=1e-4, b1=0.9, b2=0.95, clip=1.0, eval_every=100, checkpoint_every=0,
                       log_every=10)
 
@@ -229,6 +229,16 @@ def _log_line(step, rec):
     return " | ".join(parts)
 
 
+def _after(fn, warn, what, *a):
+    """Run an optional post-training product (plots, map, story); a failure is reported, not fatal, so the
+    trained checkpoint and summary.json are still written."""
+    try:
+        return fn(*a)
+    except (GeolmError, ValueError, ArithmeticError, RuntimeError, OSError, np.linalg.LinAlgError) as e:
+        warn(f"warning: {what} failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); skipped")
+        return None
+
+
 def _plots(out_dir, history, cfg, warn):
     try:
         from .plots import plot_curves, plot_telemetry
@@ -319,24 +329,28 @@ def run(args, progress=True):
     task.eval_nll = eval_nll_seen
 
     def on_eval(step, th):  # fit calls this right after its validation pass
-        rec = trajectory_telemetry(spec.views(th), tel_ids, tel_tg, cfg)
+        try:
+            rec = trajectory_telemetry(spec.views(th), tel_ids, tel_tg, cfg)
+        except NumericalError as e:
+            rec = {"telemetry_error": str(e)}
         vp = math.exp(seen[0] / seen[1]) if seen[1] and seen[0] / seen[1] < 700 else math.nan
         seen[:] = [0.0, 0]
         say(_log_line(step, dict(rec, val_ppl=vp)))
         return rec
 
     builtin = data["corpus"].source.startswith("built-in")
-    extra = dict(data="builtin" if builtin else _where(rc.data), val_data=rc.val_data and _where(rc.val_data), max_train=rc.max_train,
-                 max_val=rc.max_val, min_frequency=rc.min_frequency, tokenizer_dir=str(out_dir),
-                 source=data["corpus"].source)  # what examples/generate.py and semantic_map.py need to rebuild
+    # what examples/generate.py and examples/semantic_map.py need to rebuild the tokenizer and the data
+    extra = dict(data="builtin" if builtin else _where(rc.data), val_data=rc.val_data and _where(rc.val_data),
+                 max_train=rc.max_train, max_val=rc.max_val, min_frequency=rc.min_frequency,
+                 tokenizer_dir=str(out_dir), source=data["corpus"].source)
     res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress,
               extra_state=extra)
     hist = res["history"]
     ppl_full, n_full = full_val_ppl(eval_nll, theta, nva, tcfg.batch_size, tok.pad_id)
     say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})")
-    plots = _plots(out_dir, hist, cfg, say)
-    sem = _semantic(out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)
-    story = _story(theta, cfg, spec, tok, rc, tcfg.seed)
+    plots = _after(_plots, say, "plots", out_dir, hist, cfg, say)
+    sem = _after(_semantic, say, "semantic map", out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)
+    story = _after(_story, say, "story", theta, cfg, spec, tok, rc, tcfg.seed)
     if story is not None:
         (out_dir / "story.txt").write_text(story + "\n")
         say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{story}")
