@@ -29,7 +29,7 @@ from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, sa
 from .config import opt, positive, require
 from .distributed import get_comm, global_mean, root_only, shard, thread_limit
 from .errors import ConfigError, CheckpointError, NumericalError
-from .optim import adam_init, adam_step, clip_grad_norm, global_norm, lr_at
+from .optim import adam_init, adam_step, clip_scale, global_norm, lr_at
 from .params import ParamSpec
 
 
@@ -341,8 +341,8 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                 with np.errstate(all="ignore"):
                     norm = global_norm(grad)
                 if math.isfinite(loss) and math.isfinite(norm):
-                    clip_grad_norm(grad, tcfg.clip)
-                    adam_step(theta, grad, adam, lr, tcfg.b1, tcfg.b2, tcfg.adam_eps, tcfg.weight_decay)
+                    adam_step(theta, grad, adam, lr, tcfg.b1, tcfg.b2, tcfg.adam_eps, tcfg.weight_decay,
+                              grad_scale=clip_scale(norm, tcfg.clip))
                     st["consec_bad"] = 0
                     win["loss"] += loss
                     win["good"] += 1

@@ -104,3 +104,29 @@ def test_lr_constant_and_unknown():
     assert lr_at(1, 0.1, "constant", warmup=4) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_at(0, 0.1, "linear")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wd,scale", [(0.0, 1.0), (0.01, 0.37)])
+def test_fused_adam_matches_numpy_reference(rng, dtype, wd, scale):
+    from geolm.optim import adam_step_ref
+    theta0 = rng.standard_normal(1001).astype(dtype)
+    a, b = theta0.copy(), theta0.copy()
+    sa, sb = adam_init(a), adam_init(b)
+    for _ in range(5):
+        g = rng.standard_normal(1001).astype(dtype)
+        adam_step(a, g, sa, lr=0.01, weight_decay=wd, grad_scale=scale)
+        adam_step_ref(b, g, sb, lr=0.01, weight_decay=wd, grad_scale=scale)
+    assert a.dtype == dtype and sa["m"].dtype == dtype
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(sa["v"], sb["v"], rtol=tol * 10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_norm_kernel_matches_reference(rng, dtype):
+    from geolm.optim import global_norm_ref
+    g = (rng.standard_normal(12345) * 1e3).astype(dtype)
+    assert global_norm(g) == pytest.approx(global_norm_ref(g), rel=1e-10)
+    assert global_norm(np.zeros(3, dtype)) == 0.0
+    assert math.isnan(global_norm(np.array([1.0, np.nan], dtype)))
