@@ -38,14 +38,14 @@ def add_args(parser, cls, skip=()):
         if f.name in skip or not f.metadata.get("flag", True):
             continue
         t = _type_of(f, cls)
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help text
         if t is bool:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_)
             continue
         if typing.get_origin(t) is typing.Union:  # Optional[X]
             t = [a for a in typing.get_args(t) if a is not type(None)][0]
-        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: {f.default})",
+        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: {str(f.default).replace('%', '%%')})",
                             choices=f.metadata.get("choices"), metavar=f.name.upper() if t is not str else None)
     return parser
 
