@@ -56,7 +56,8 @@ ODE_FIELDS = ("rank", "eps", "alpha", "hidden", "field_hidden", "ode_steps", "la
 @dataclasses.dataclass(frozen=True)
 class RiemannConfig:
     """Architecture and loss of the Riemannian ODE LM (training/data flags live elsewhere)."""
-    vocab_size: int = opt(4096, "BPE vocabulary size to train (the model vocab adds UNK/PAD/EOS specials)")
+    vocab_size: int = opt(4096, "BPE vocabulary size (the model keeps tokens seen >= 5 times, at most this many "
+                                "incl. EOS and UNK)")
     dim: int = opt(128, "model width d (embeddings, encoder, ODE state)")
     layers: int = opt(2, "Transformer encoder blocks")
     heads: int = opt(4, "attention heads (must divide --dim)")
