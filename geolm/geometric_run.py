@@ -60,6 +60,8 @@ class GeoRunConfig:
     threads: int = opt(0, "BLAS/Numba threads (0 = cores / MPI ranks on this node)")
     jobs: int = opt(0, "models trained in parallel processes, 1 thread each (0 = min(cores, 2); 1 = sequential)")
     resume: bool = opt(False, "continue each model from its newest checkpoint in --output")
+    builtin_fallback: bool = opt(True, "use the built-in story generator when the hub cannot be reached "
+                                       "(--no-builtin-fallback makes that an error)")
 
     def __post_init__(self):
         positive(self, "vocab_size", "min_count", "dim", "epochs", "lr", "batch_size", "max_train_stories",
@@ -96,7 +98,8 @@ def load_data(cfg, comm):
     from .tokenizer import get_tokenizer
 
     corpus = load_corpus(cfg.data, cfg.val_data, max_train=cfg.max_train_stories + cfg.kappa_holdout,
-                         max_val=cfg.max_val_stories, seed=cfg.seed, quiet=comm.rank != 0)
+                         max_val=cfg.max_val_stories, seed=cfg.seed, quiet=comm.rank != 0,
+                         allow_builtin=cfg.builtin_fallback)
     train = corpus.train[: cfg.max_train_stories]
     heldout = corpus.train[cfg.max_train_stories:]
     ho_src = f"training stories {cfg.max_train_stories}..{cfg.max_train_stories + len(heldout) - 1}"
