@@ -76,3 +76,23 @@ def positive(cfg, *names):
     for n in names:
         v = getattr(cfg, n)
         require(v > 0, n, f"must be > 0, got {v}")
+
+
+def check_output_dir(path, flag="output"):
+    """Fail early, before any work, if PATH cannot be the run directory (a file, or not writable).
+    Creates the directory (empty) if needed."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag_name(flag)} {p} is a file; pass a directory path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".geolm-write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag_name(flag)} {p} is not writable ({e.strerror}); pass a directory you can write to")
+    return p

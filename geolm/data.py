@@ -21,6 +21,7 @@ ConfigError with one line naming the fix.
 """
 import dataclasses
 import gzip
+import zlib
 import os
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def _check_file(path):
         opener = gzip.open if ext.endswith(".gz") else open
         with opener(p, "rb") as f:
             head = f.read(1 << 16)
-    except (OSError, EOFError) as e:  # BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a bad stream is zlib.error
         raise DataError(f"data file {p} cannot be read ({type(e).__name__}); "
                         f"check that it is a valid {'gzip ' if ext.endswith('.gz') else ''}file") from None
     if not head.strip():

@@ -248,6 +248,9 @@ def run(cfg, *, progress=True, comm=None):
     need = [n for n in names if n in TRAINED] + [KAPPA[n] for n in names if n in KAPPA]
     need = list(dict.fromkeys(need))
     out = Path(cfg.output)
+    from .config import check_output_dir
+    from .distributed import root_only
+    root_only(comm, check_output_dir, out)  # a bad --output fails on every rank, before any work
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
