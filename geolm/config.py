@@ -45,7 +45,7 @@ def add_args(parser, cls, skip=()):
             continue
         if typing.get_origin(t) is typing.Union:  # Optional[X]
             t = [a for a in typing.get_args(t) if a is not type(None)][0]
-        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: {str(f.default).replace('%', '%%')})",
+        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: %(default)s)",
                             choices=f.metadata.get("choices"), metavar=f.name.upper() if t is not str else None)
     return parser
 
