@@ -290,8 +290,9 @@ def run(args, progress=True):
     if rc.resume and rc.output != RunConfig.output and Path(rc.output) != Path(rc.resume):
         raise ConfigError(f"--resume {rc.resume} and --output {rc.output} differ; pass only --resume DIR")
     out_dir = Path(rc.resume or rc.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--output {out_dir} is a file; pass a directory path")
+    from .config import check_output_dir
+    from .distributed import get_comm, root_only
+    root_only(get_comm(), check_output_dir, out_dir)  # a file or unwritable --output fails before any work
     check_sampling(rc.temperature, rc.top_k, rc.gen_tokens)
 
     def say(msg):
