@@ -57,15 +57,7 @@ QUICK = dict(batch=2, seq=16, dim=32, rank=4, hidden=8, field_hidden=64, ode_ste
 def core_peak(n=1024, repeat=5):
     """float32 GEMM GFLOP per CPU-second (all threads' CPU time): the per-core peak, robust to other processes
     time-slicing the cores (wall-clock peaks are not)."""
-    a = np.ones((n, n), np.float32)
-    c = np.empty_like(a)
-    np.matmul(a, a, out=c)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.process_time()
-        np.matmul(a, a, out=c)
-        best = min(best, time.process_time() - t)
-    return 2.0 * n ** 3 / best / 1e9
+    return harness.matmul_peak(np.float32, n, repeat, clock=time.process_time)
 
 
 def make_cfg(sh, metric="lowrank", ode_steps=None):
