@@ -72,7 +72,7 @@ class RiemannConfig:
     lambda_field: float = opt(1e-3, "weight of mean_tok sum_stages |f|^2")
     # 1e-6, not spec 1.3's 1e-5: at eps 0.1 the 1e-5 penalty (0.87 nats at init) drives log det g from -295 to ~-15
     # within ~40 steps and the model ends at val ppl 117 vs 79 for g = I (400 steps); 1e-6 keeps the volume term
-    # but lets the metric help (README "Riemannian ODE LM" has the runs).
+    # and trains to 70.3 (README "Riemannian neural-ODE LM" has the runs and the alpha = 0 control).
     lambda_metric: float = opt(1e-6, "weight of the (log det g)^2 penalty")
     metric_penalty: str = opt("point", "(log det g)^2 per point, or the squared batch mean", choices=PENALTIES)
     metric: str = opt("lowrank", "metric: lowrank (Woodbury), identity (g = I control), dense (benchmark baseline)",
