@@ -74,11 +74,11 @@ def attn_lm_forward(ctx, p, nbr, pad_id, full):
     return logits, (ctx, ids, mask, ca, ch, full)
 
 
-def attn_lm_backward_into(dlogits, cache, dp):
-    """Fill ZEROED grad views dp from dlogits [B,V]."""
+def attn_lm_backward_into(dlogits, cache, dp, r=None, y=None):
+    """Fill ZEROED grad views dp from dlogits [B,V] (or the implicit xent form (e, r, y), see geometric)."""
     ctx, ids, mask, ca, ch, full = cache
     C = ctx.shape[1]
-    dh = mlp_lm_backward_into(dlogits, ch, dp["head"], need_dx=True)  # [B,d]
+    dh = mlp_lm_backward_into(dlogits, ch, dp["head"], need_dx=True, r=r, y=y)  # [B,d]
     de_q, de_nb, dpa = graph_attention_backward(dh, ca)
     for n in ("wq", "wk", "wv"):
         dp["attn"][n]["w"][...] = dpa[n]["w"]

@@ -15,7 +15,8 @@ Frozen features, computed per batch from per-token tables (X: symmetric PPMI coo
     successor  x = Xout[c_{C-n+1}] + ... + Xout[c_C]                   (directed-PPMI out-role coords)
 R(a -> b) = I + A + A^2/(1 + a.b), A = b a^T - a b^T (any k; geolm.rotation, spec 2.6). Coordinates are frozen,
 so the features are computed once per batch from the tables and need no backward.
-Loss: fused softmax cross-entropy computed in place on the logits buffer (`xent_inplace`), float32.
+Loss: softmax cross-entropy in place on the logits buffer, in implicit form (`xent_factors`): the backward folds
+the row normaliser and the one-hot into its small operands; fc2's bias rides in the GEMM ([h, 1] @ [W2; b2]).
 """
 from dataclasses import dataclass
 
@@ -31,33 +32,56 @@ MLP_FEATURES = ("none", "abs", "rot", "rot_nbrs", "successor")
 
 # ---------------------------------------------------------------- loss
 
-def xent_inplace(logits, y):
-    """Mean softmax cross-entropy; OVERWRITES logits [B,V] with dloss/dlogits. -> (loss float, dlogits).
+_SAFE_EXP = 60.0  # |row max| below this: exp(z) neither overflows nor underflows the row sum, no shift needed
 
-    Five passes over [B,V], no [B,V] temporaries: max, shift, exp, row sums, scale (+ one-hot fix-up).
-    """
+
+def _shift(logits):
+    """Per-row shift c [B,1] (0 when every row max is within +-60, else the row max) for exp(logits - c)."""
+    m = logits.max(axis=1, keepdims=True)  # [B,1]
+    if np.all(np.abs(m) < _SAFE_EXP):  # also False for NaN rows: they get shifted (and stay NaN)
+        return None
+    return m
+
+
+def xent_factors(logits, y):
+    """Mean softmax cross-entropy in implicit form; OVERWRITES logits [B,V] with e = exp(logits - c).
+
+    -> (loss float, r [B]) with dloss/dlogits = r[:,None] * e - onehot(y) / B,  r = 1 / (B sum_v e).
+    Three passes over [B,V] (max, exp, row sums), none when scaling: the backward folds r and the one-hot into
+    its [B,H] operands (`mlp_lm_backward_into`)."""
     B = logits.shape[0]
-    rows = np.arange(B)
-    logits -= logits.max(axis=1, keepdims=True)  # [B,V] max entry 0 per row
-    zy = logits[rows, y].astype(np.float64)  # [B] shifted target logit
-    np.exp(logits, out=logits)  # [B,V] in (0, 1]
-    s = logits.sum(axis=1, dtype=np.float64)  # [B] >= 1
-    loss = float(np.sum(np.log(s) - zy)) / B
-    logits *= (1.0 / (s * B)).astype(logits.dtype)[:, None]  # softmax / B
-    logits[rows, y] -= 1.0 / B
+    c = _shift(logits)
+    zy = logits[np.arange(B), y].astype(np.float64)  # [B] target logit
+    if c is not None:
+        logits -= c
+        zy -= c[:, 0]
+    np.exp(logits, out=logits)  # [B,V]
+    s = logits.sum(axis=1)  # [B] pairwise sum, >= exp(-60)
+    loss = float(np.sum(np.log(s.astype(np.float64)) - zy)) / B
+    return loss, (1.0 / (s * B)).astype(logits.dtype)
+
+
+def xent_inplace(logits, y):
+    """Mean softmax cross-entropy; OVERWRITES logits [B,V] with dloss/dlogits. -> (loss float, dlogits)."""
+    B = logits.shape[0]
+    loss, r = xent_factors(logits, y)
+    logits *= r[:, None]  # softmax / B
+    logits[np.arange(B), y] -= 1.0 / B
     return loss, logits
 
 
 def nll_rows(logits, y, overwrite=False):
-    """Per-row NLL in float64 [B] from logits [B,V] (float32 ok: shifted exps sum in float64).
+    """Per-row NLL in float64 [B] from logits [B,V] (row sums in the logits' dtype, pairwise).
 
-    overwrite=True reuses the logits buffer (3 passes, no [B,V] temporaries)."""
+    overwrite=True reuses the logits buffer (2-3 passes, no [B,V] temporaries)."""
     z = logits if overwrite else logits.copy()
-    rows = np.arange(z.shape[0])
-    z -= z.max(axis=1, keepdims=True)  # [B,V] max 0 per row
-    zy = z[rows, y].astype(np.float64)  # [B]
+    c = _shift(z)
+    zy = z[np.arange(z.shape[0]), y].astype(np.float64)  # [B]
+    if c is not None:
+        z -= c
+        zy -= c[:, 0]
     np.exp(z, out=z)
-    return np.log(z.sum(axis=1, dtype=np.float64)) - zy
+    return np.log(z.sum(axis=1).astype(np.float64)) - zy
 
 
 # ---------------------------------------------------------------- frozen geometry
@@ -133,35 +157,64 @@ def lookup_rows(ids, F, Vi):
     return F + np.arange(ids.shape[1], dtype=np.int64) * Vi + ids
 
 
+def _stacked(w, b):
+    """[w; b] as one [H+1,V] array: a view when b directly follows w in memory (flat parameter buffers), else a copy.
+    -> (wb, is_view)."""
+    H, V = w.shape
+    if (w.flags.c_contiguous and b.flags.c_contiguous and b.dtype == w.dtype and b.shape == (V,)
+            and b.__array_interface__["data"][0] == w.__array_interface__["data"][0] + w.nbytes):
+        return np.lib.stride_tricks.as_strided(w, shape=(H + 1, V), strides=w.strides), True
+    return np.concatenate([w, b[None]], axis=0), False
+
+
 def mlp_lm_forward(x, rows, p):
-    """x [B,F] float (F may be 0), rows [B,J] int fc1.w row ids -> (logits [B,V], cache)."""
+    """x [B,F] float (F may be 0), rows [B,J] int fc1.w row ids -> (logits [B,V], cache).
+
+    The bias of fc2 rides in the GEMM: logits = [h, 1] @ [W2; b2]."""
     w1, b1 = p["fc1"]["w"], p["fc1"]["b"]
-    w2, b2 = p["fc2"]["w"], p["fc2"]["b"]
-    F = x.shape[1]
+    w2b, _ = _stacked(p["fc2"]["w"], p["fc2"]["b"])  # [H+1,V]
+    B, F = x.shape
+    H = w1.shape[1]
+    ha = np.empty((B, H + 1), w1.dtype)  # [B,H+1] = [pre | 1]
+    pre = ha[:, :H]
     if F:
-        pre = np.matmul(x, w1[:F])  # [B,F] @ [F,H] -> [B,H]
+        np.matmul(x, w1[:F], out=pre)  # [B,F] @ [F,H] -> [B,H]
     else:
-        pre = np.zeros((x.shape[0], w1.shape[1]), w1.dtype)
+        pre[...] = 0.0
     for j in range(rows.shape[1]):
         pre += np.take(w1, rows[:, j], axis=0)  # [B,H] row lookups = one-hot @ W1 block
     pre += b1
-    h = np.maximum(pre, 0.0, out=pre)  # [B,H] relu, in place
-    logits = np.matmul(h, w2)  # [B,H] @ [H,V] -> [B,V]
-    logits += b2
-    return logits, (x, rows, h, w1, w2)
+    ha[:, H] = 1.0
+    np.maximum(ha, 0.0, out=ha)  # relu (the ones column stays 1)
+    logits = np.matmul(ha, w2b)  # [B,H+1] @ [H+1,V] -> [B,V]
+    return logits, (x, rows, ha, w1, w2b)
 
 
-def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False):
-    """Fill ZEROED grad views dp (p's nesting) from dlogits [B,V]; returns dx [B,F] if need_dx (frozen features
-    need none), else None."""
-    x, rows, h, w1, w2 = cache
-    F = x.shape[1]
-    # logits = h W2 + b2
-    np.matmul(h.T, dlogits, out=dp["fc2"]["w"])  # [H,B] @ [B,V] -> [H,V]
-    dlogits.sum(axis=0, out=dp["fc2"]["b"])  # [V]
-    dpre = np.matmul(dlogits, w2.T)  # [B,V] @ [V,H] -> [B,H]
+def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False, r=None, y=None):
+    """Fill ZEROED grad views dp (p's nesting); returns dx [B,F] if need_dx (frozen features need none), else None.
+
+    The upstream gradient is G = dlogits, or with (r, y) from `xent_factors` the implicit
+    G = r[:,None] * dlogits - onehot(y) / B (dlogits = e then): the row scale goes onto the [B,H+1] operands and the
+    one-hot term is a B-column gather / scatter, so no pass over [B,V] is spent on it."""
+    x, rows, ha, w1, w2b = cache
+    B, F = x.shape
+    H = ha.shape[1] - 1
+    # logits = ha W2b:  dW2b = ha^T G;  dha = G W2b^T
+    hs = ha if r is None else ha * r[:, None]  # [B,H+1]
+    dwb, view = _stacked(dp["fc2"]["w"], dp["fc2"]["b"])
+    np.matmul(hs.T, dlogits, out=dwb)  # [H+1,B] @ [B,V] -> [H+1,V] (row H = db2)
+    dpre = np.matmul(dlogits, w2b[:H].T)  # [B,V] @ [V,H] -> [B,H]
+    if r is not None:
+        dpre *= r[:, None]
+    if y is not None:
+        inv_b = 1.0 / B
+        _col_scatter_sub(dwb, y, ha * inv_b)  # dW2b[:, y_b] -= ha_b / B
+        dpre -= w2b[:H, y].T * inv_b  # [B,H]
+    if not view:
+        dp["fc2"]["w"][...] = dwb[:H]
+        dp["fc2"]["b"][...] = dwb[H]
     # h = relu(pre)
-    dpre *= h > 0.0
+    dpre *= ha[:, :H] > 0.0
     dpre.sum(axis=0, out=dp["fc1"]["b"])  # [H]
     dw1 = dp["fc1"]["w"]
     # pre = x W1[:F] + sum_j W1[rows_j]
@@ -174,11 +227,16 @@ def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False):
     return np.matmul(dpre, w1[:F].T) if F else np.zeros_like(x)  # [B,H] @ [H,F] -> [B,F]
 
 
+def _col_scatter_sub(dw, y, a):
+    """dw[:, y_b] -= a_b for b = 1..B (repeated y accumulate): dw [H+1,V], y [B], a [B,H+1]."""
+    np.subtract.at(dw.T, y, a)  # dw.T [V,H+1] view
+
+
 def mlp_lm_backward(dlogits, cache):
     """Pure form: -> (dx [B,F], dp) with freshly allocated grads."""
-    _, _, h, w1, w2 = cache
+    _, _, ha, w1, w2b = cache
     dp = {"fc1": {"w": np.zeros_like(w1), "b": np.zeros(w1.shape[1], w1.dtype)},
-          "fc2": {"w": np.zeros_like(w2), "b": np.zeros(w2.shape[1], w2.dtype)}}
+          "fc2": {"w": np.zeros_like(w2b[:-1]), "b": np.zeros(w2b.shape[1], w2b.dtype)}}
     dx = mlp_lm_backward_into(dlogits, cache, dp, need_dx=True)
     return dx, dp
 
@@ -186,8 +244,8 @@ def mlp_lm_backward(dlogits, cache):
 def mlp_lm_loss_and_grads(p, dp, x, rows, y):
     """Mean xent of the MLP LM; dp = zeroed grad views (filled). -> loss float."""
     logits, cache = mlp_lm_forward(x, rows, p)
-    loss, dlogits = xent_inplace(logits, y)
-    mlp_lm_backward_into(dlogits, cache, dp)
+    loss, r = xent_factors(logits, y)
+    mlp_lm_backward_into(logits, cache, dp, r=r, y=y)
     return loss
 
 
@@ -279,18 +337,19 @@ def model_forward(mc, tables, p, ctx):
     return mlp_lm_forward(x, rows, p)
 
 
-def model_backward_into(mc, dlogits, cache, dp):
+def model_backward_into(mc, dlogits, cache, dp, r=None, y=None):
+    """Fill zeroed grad views dp; (r, y) = the implicit xent gradient of `xent_factors` (see mlp_lm_backward_into)."""
     if mc.kind == "attn":
         from .geo_attention_model import attn_lm_backward_into
-        return attn_lm_backward_into(dlogits, cache, dp)
-    mlp_lm_backward_into(dlogits, cache, dp)
+        return attn_lm_backward_into(dlogits, cache, dp, r=r, y=y)
+    mlp_lm_backward_into(dlogits, cache, dp, r=r, y=y)
 
 
 def model_loss_and_grads(mc, tables, p, dp, ctx, y):
     """Mean xent over the batch; dp = ZEROED grad views (filled with d mean loss / d p). -> loss float."""
     logits, cache = model_forward(mc, tables, p, ctx)
-    loss, dlogits = xent_inplace(logits, y)
-    model_backward_into(mc, dlogits, cache, dp)
+    loss, r = xent_factors(logits, y)  # logits -> e
+    model_backward_into(mc, logits, cache, dp, r=r, y=y)
     return loss
 
 

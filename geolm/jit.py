@@ -1,4 +1,5 @@
-"""The only Numba configuration in geolm: every kernel is `@njit` from here (cache=True, fastmath off).
+"""The only Numba configuration in geolm: every kernel is `@njit` from here (cache=True, fastmath off,
+NumPy error model).
 
 Kernels compile lazily on first call (no signatures), so `import geolm` never compiles anything.
 NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (used by tests for coverage).
@@ -12,8 +13,13 @@ import numba
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-njit = numba.njit(cache=True, fastmath=False, nogil=True)
-njit_parallel = numba.njit(cache=True, fastmath=False, nogil=True, parallel=True)
+# error_model="numpy": float division by zero gives inf/nan as in NumPy instead of a ZeroDivisionError branch,
+# which is what stopped LLVM vectorising every loop with a division (Adam: 3.6x faster with it).
+njit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+# Reductions only (float64 accumulators): reassociation lets LLVM vectorise the sum (4.5x on 636k float32);
+# the result differs from the sequential sum only in the last bits of a float64.
+njit_reassoc = numba.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
+njit_parallel = numba.njit(cache=True, fastmath=False, nogil=True, parallel=True, error_model="numpy")
 prange = numba.prange
 
 

@@ -3,7 +3,8 @@ import pytest
 
 from geolm.errors import ConfigError
 from geolm.geometric import (MODELS, GeoModelConfig, build_tables, featurize, mlp_lm_backward, mlp_lm_forward,
-                             model_init_, model_loss_and_grads, model_nll, model_shapes, nll_rows, xent_inplace)
+                             model_init_, model_loss_and_grads, model_nll, model_shapes, nll_rows, xent_factors,
+                             xent_inplace)
 from geolm.gradcheck import check_grads, check_grads_directional
 from geolm.losses import xent_backward, xent_forward
 from geolm.params import ParamSpec
@@ -40,6 +41,31 @@ def test_xent_inplace_matches_losses(rng, dtype):
     assert abs(loss - ref) < tol * 10
     np.testing.assert_allclose(d, dref, atol=tol)
     np.testing.assert_allclose(nll_rows(logits, y).mean(), ref, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 40.0, -40.0])  # 40 * randn: rows beyond +-60 take the shifted path
+def test_xent_factors_implicit_gradient_and_shift(rng, dtype, scale):
+    logits = (scale * rng.standard_normal((6, 13))).astype(dtype)
+    logits[2] -= 200.0  # a row far below: shifted, not underflowed
+    y = rng.integers(0, 13, 6)
+    ref, cache = xent_forward(logits.astype(np.float64), y)
+    dref = xent_backward(1.0, cache)
+    e = logits.copy()
+    loss, r = xent_factors(e, y)
+    d = r[:, None] * e
+    d[np.arange(6), y] -= 1.0 / 6
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    assert abs(loss - ref) <= tol * abs(ref) and r.dtype == dtype
+    np.testing.assert_allclose(d, dref, atol=tol)
+    np.testing.assert_allclose(nll_rows(logits, y).mean(), ref, rtol=tol)
+
+
+def test_xent_factors_propagates_nan(rng):
+    logits = rng.standard_normal((3, 5)).astype(np.float32)
+    logits[1, 2] = np.nan
+    loss, _ = xent_factors(logits, np.array([0, 1, 2]))
+    assert np.isnan(loss)
 
 
 @pytest.mark.parametrize("F,J,B", [(0, 2, 3), (4, 0, 1), (4, 2, 5), (3, 1, 1)])

@@ -127,6 +127,14 @@ def test_fused_adam_matches_numpy_reference(rng, dtype, wd, scale):
 def test_global_norm_kernel_matches_reference(rng, dtype):
     from geolm.optim import global_norm_ref
     g = (rng.standard_normal(12345) * 1e3).astype(dtype)
+    from geolm.optim import _kernel
+    assert math.sqrt(_kernel("_sumsq_nb")(g)) == pytest.approx(global_norm_ref(g), rel=1e-10)
     assert global_norm(g) == pytest.approx(global_norm_ref(g), rel=1e-10)
     assert global_norm(np.zeros(3, dtype)) == 0.0
     assert math.isnan(global_norm(np.array([1.0, np.nan], dtype)))
+    assert math.isinf(global_norm(np.array([1.0, np.inf], dtype)))
+
+
+def test_global_norm_float32_squares_in_float64():
+    g = np.full(4, 1e20, np.float32)  # squares overflow float32; the norm 2e20 does not
+    assert global_norm(g) == pytest.approx(2e20, rel=1e-6)
