@@ -287,8 +287,8 @@ def run(cfg, *, progress=True, comm=None):
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
     jobs = _jobs(cfg, comm, len(need))
     _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
-                pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs)
-    thetas = {}
+                pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs,
+                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho)
     if jobs == 1:
         done = map(_train_model, need)
     else:  # models in parallel processes, one BLAS thread each (elementwise passes use both cores)
@@ -297,28 +297,11 @@ def run(cfg, *, progress=True, comm=None):
         pool = multiprocessing.get_context("fork").Pool(jobs)
         order = sorted(need, key=lambda n: -_cost(n))
         done = pool.imap_unordered(_train_model, order)
-    for name, entry, mc, theta in done:
-        thetas[name] = (mc, theta)
-        results[name] = entry  # also models trained only as the base of a kappa variant
+    for entries in done:
+        results.update(entries)  # also models trained only as the base of a kappa variant
     if jobs > 1:
         pool.close()
         pool.join()
-
-    for kname, base in KAPPA.items():
-        if kname not in names:
-            continue
-        mc, theta = thetas[base]
-        task = make_task(mc, geo["tables"][mc.table_set], Xtr, ytr, Xva, yva, tok.hash)
-        t0 = time.perf_counter()
-        kres = kappa_variants(mc, geo["tables"][mc.table_set], geo["X"], geo["A"], task.spec.views(theta), Xva, yva,
-                              Xho, yho, pad, cfg.seed, EVAL_BATCH)
-        kt = time.perf_counter() - t0
-        results[kname] = dict(kres["published"], epochs=[], params=int(task.spec.size), seconds=kt, base=base,
-                              coefficients=[1.0, 1.0])
-        results[kname + "_fit"] = dict(kres["fitted"], epochs=[], params=int(task.spec.size) + 2, seconds=kt,
-                                       base=base, fit=kres["fit"])
-        _log(f"[{kname}] published (1, 1): ppl {kres['published']['val_ppl']:.2f}; fitted "
-             f"({kres['fit']['a']:.3f}, {kres['fit']['b']:.3f}): ppl {kres['fitted']['val_ppl']:.2f}", comm)
 
     results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
     summary = {"config": dataclasses.asdict(cfg), "data": data, "models": results,
@@ -352,7 +335,8 @@ def _log_every(spe):
 
 
 def _train_model(name):
-    """Train one model with geolm.train.fit -> (name, results entry, GeoModelConfig, theta)."""
+    """Train one model with geolm.train.fit, then score the kappa variants built on it (in the same process, so they
+    overlap with other models' training) -> {name: results entry, kappa variant names: entries}."""
     from .train import TrainConfig, fit
 
     J = _JOB
@@ -380,7 +364,28 @@ def _train_model(name):
              "train_seconds": res["seconds"], "params": int(task.spec.size), "best_val_ppl": res["best_val_ppl"],
              "skipped_steps": res["skipped"], "threads": threads}
     _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
-    return name, entry, mc, theta
+    out = {name: entry}
+    for kname, base in KAPPA.items():
+        if base == name and kname in J["names"]:
+            out.update(_kappa_entries(kname, mc, task.spec, theta))
+    return out
+
+
+def _kappa_entries(kname, mc, spec, theta):
+    """The published (1, 1) and the held-out-fitted kappa/angle variants of a trained model -> {name: entry}."""
+    J = _JOB
+    cfg = J["cfg"]
+    t0 = time.perf_counter()
+    kres = kappa_variants(mc, J["tables"][mc.table_set], J["X"], J["A"], spec.views(theta), J["Xva"], J["yva"],
+                          J["Xho"], J["yho"], J["pad"], cfg.seed, EVAL_BATCH)
+    kt = time.perf_counter() - t0
+    _log(f"[{kname}] published (1, 1): ppl {kres['published']['val_ppl']:.2f}; fitted "
+         f"({kres['fit']['a']:.3f}, {kres['fit']['b']:.3f}): ppl {kres['fitted']['val_ppl']:.2f} ({kt:.1f} s)",
+         J["comm"])
+    return {kname: dict(kres["published"], epochs=[], params=int(spec.size), seconds=kt, base=mc.name,
+                        coefficients=[1.0, 1.0]),
+            kname + "_fit": dict(kres["fitted"], epochs=[], params=int(spec.size) + 2, seconds=kt, base=mc.name,
+                                 fit=kres["fit"])}
 
 
 def _threads():

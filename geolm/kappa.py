@@ -11,23 +11,25 @@ Published (BLOG 06-12): a = b = 1, untuned. Fitted: (a, b) minimise the held-out
 convex in (a, b) (a log-partition of features (c, -k)), with gradient E_p'[f] - f_y; minimised by L-BFGS on cached
 log-probabilities of held-out training text (never the validation set); `kappa_variants` scores both on validation.
 For unit x: |x_w - x_t| = sqrt(2 - 2 x_w.x_t), so cont = (X u - x_t.u) / |x_w - x_t| with u = unit(x_t - x_s):
-two [M,k] x [k,V] products, no [M,V,k] tensor.
+two [M,k] x [k,V] products, no [M,V,k] tensor (a Numba kernel fuses them; `continuity_ref` is the NumPy form).
+Scoring the validation set (`kappa_variants`): kappa = -1 + D with D = kappa + 1 >= 0 only on the few graph edges
+of t; the constant -1 cancels in the softmax, and so does log p = l - logsumexp(l), so
+    NLL' = logsumexp_w(l_w + a cont_w - b D_w) - (l_y + a cont_y - b D_y)      on the raw logits l:
+one dense [M,V] feature (cont) and a sparse correction per row; both coefficient pairs in one pass.
 """
 import math
 
 import numpy as np
 import scipy.optimize
+import scipy.sparse as sp
 
 from .graph import kappa_lookup
 
 PUBLISHED = (1.0, 1.0)
 
 
-def continuity(X, prev, cur, pad_id, dtype=np.float32):
-    """cont [M,V]: cosine between the step x_t - x_s and each candidate step x_w - x_t (see module docstring).
-
-    X [V,k] unit rows (classes only); prev, cur [M] int ids (PAD = pad_id or any id >= V gives a zero row).
-    """
+def _step_frames(X, prev, cur, pad_id):
+    """-> (X float64 [V,k], xt [M,k], u [M,k] unit step x_t - x_s, ok [M] bool)."""
     X = np.asarray(X, np.float64)
     V = X.shape[0]
     prev = np.asarray(prev, np.int64)
@@ -39,11 +41,59 @@ def continuity(X, prev, cur, pad_id, dtype=np.float32):
     n = np.linalg.norm(step, axis=1)  # [M]
     ok &= n > 1e-9
     u = step / np.where(ok, n, 1.0)[:, None]  # [M,k] unit step
+    return X, xt, u, ok
+
+
+def continuity_ref(X, prev, cur, pad_id, dtype=np.float32):
+    """NumPy reference of `continuity` (dense float64 [M,V] temporaries)."""
+    X, xt, u, ok = _step_frames(X, prev, cur, pad_id)
     num = u @ X.T - np.sum(xt * u, axis=1, keepdims=True)  # [M,V] = (x_w - x_t).u
     dist = np.sqrt(np.maximum(2.0 - 2.0 * (xt @ X.T), 0.0))  # [M,V] = |x_w - x_t|
     cont = np.where(dist > 1e-6, num / np.maximum(dist, 1e-6), 0.0)
     cont[~ok] = 0.0
     return np.clip(cont, -1.0, 1.0).astype(dtype)
+
+
+def _continuity_nb(X, xt, u, ok, out):
+    # out [M,V] = clip((x_w - x_t).u / |x_w - x_t|, -1, 1), 0 where |x_w - x_t| <= 1e-6 or not ok[m]; float64 math
+    M, V = out.shape
+    k = X.shape[1]
+    for m in range(M):
+        if not ok[m]:
+            for w in range(V):
+                out[m, w] = 0.0
+            continue
+        tu = 0.0
+        for i in range(k):
+            tu += xt[m, i] * u[m, i]
+        for w in range(V):
+            xu = 0.0
+            xx = 0.0
+            for i in range(k):
+                xu += X[w, i] * u[m, i]
+                xx += X[w, i] * xt[m, i]
+            dist = np.sqrt(max(2.0 - 2.0 * xx, 0.0))
+            c = (xu - tu) / max(dist, 1e-6) if dist > 1e-6 else 0.0
+            out[m, w] = min(max(c, -1.0), 1.0)
+
+
+_kernels = {}
+
+
+def continuity(X, prev, cur, pad_id, dtype=np.float32, out=None):
+    """cont [M,V]: cosine between the step x_t - x_s and each candidate step x_w - x_t (see module docstring).
+
+    X [V,k] unit rows (classes only); prev, cur [M] int ids (PAD = pad_id or any id >= V gives a zero row).
+    One fused Numba pass (float64 arithmetic, written in dtype); `continuity_ref` is the NumPy reference.
+    """
+    if "c" not in _kernels:
+        from .jit import njit
+        _kernels["c"] = njit(_continuity_nb)
+    X, xt, u, ok = _step_frames(X, prev, cur, pad_id)
+    if out is None:
+        out = np.empty((len(ok), X.shape[0]), dtype)
+    _kernels["c"](np.ascontiguousarray(X), xt, u, ok, out)
+    return out
 
 
 def bias_features(X, A, ctx, pad_id, dtype=np.float32):
@@ -104,10 +154,37 @@ def ppl(nll_sum, n):
     return math.exp(nll_sum / n) if nll_sum / n < 700 else math.inf
 
 
+def edge_bias(A):
+    """D = kappa + 1 on the edges of A as csr [V,V] float64 (kappa = -1 + D everywhere, D = 0 off the graph)."""
+    from .graph import edge_kappa
+    V = A.shape[0]
+    r, c, kap = edge_kappa(A)
+    D = sp.csr_matrix((kap + 1.0, (r, c)), shape=(V, V))
+    D.sort_indices()
+    return D
+
+
+def biased_nll_rows(logits, cont, D, cur, y, a, b, out=None):
+    """Per-row NLL [M] float64 of the re-weighted model from RAW logits [M,V]: z = l + a cont - b D[cur]
+    (D = `edge_bias`, rows of cur >= V get none), NLL = logsumexp(z) - z_y. out: optional [M,V] scratch."""
+    from .geometric import nll_rows
+    z = np.multiply(cont, a, out=out, dtype=logits.dtype) if out is not None else (a * cont).astype(logits.dtype)
+    z += logits
+    if b != 0.0:
+        V = D.shape[0]
+        cur = np.asarray(cur, np.int64)
+        live = np.flatnonzero(cur < V)
+        R = D[cur[live]]  # csr [M',V]: the edges of each current token
+        rows = live[np.repeat(np.arange(len(live)), np.diff(R.indptr))]
+        z[rows, R.indices] -= (b * R.data).astype(z.dtype)  # (row, col) pairs are unique within a csr row
+    return nll_rows(z, y, overwrite=True)
+
+
 def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=2048, n_fit=4096):
     """Validation NLL of a trained geometric model (config mc, params p) re-weighted with (1, 1) and with (a, b)
     fitted on up to n_fit held-out positions (Xho, yho; None = no fit, (0, 0)).
-    -> {"published": {"val_ppl", "val_loss"}, "fitted": {...}, "fit": {"a", "b", "source", nll_*...}}."""
+    -> {"published": {"val_ppl", "val_loss"}, "fitted": {...}, "fit": {"a", "b", "source", nll_*...}}.
+    One pass over the validation set scores both pairs (raw logits, dense cont, sparse kappa; module docstring)."""
     from .geometric import model_forward
 
     fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
@@ -117,14 +194,19 @@ def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=
         cont, kap = bias_features(X, A, Xho[sel], pad_id)
         a, b, info = fit_coefficients(log_softmax(logits), cont, kap, yho[sel])
         fit = dict(info, a=a, b=b, source=f"{len(sel)} held-out positions")
-    out = {}
-    for key, (a, b) in (("published", PUBLISHED), ("fitted", (fit["a"], fit["b"]))):
-        s = n = 0
-        for i in range(0, len(yva), batch):
-            ctx, y = Xva[i:i + batch], yva[i:i + batch]
-            logits, _ = model_forward(mc, tables, p, ctx)
-            ds, dn = biased_eval_nll(logits, ctx, y, X, A, pad_id, a, b)
-            s, n = s + ds, n + dn
-        out[key] = {"val_ppl": ppl(s, n), "val_loss": s / n}
+    D = edge_bias(A)
+    pairs = {"published": PUBLISHED, "fitted": (fit["a"], fit["b"])}
+    sums = dict.fromkeys(pairs, 0.0)
+    scratch = None
+    for i in range(0, len(yva), batch):
+        ctx, y = Xva[i:i + batch], yva[i:i + batch]
+        logits, _ = model_forward(mc, tables, p, ctx)  # [M,V]
+        cont = continuity(X, ctx[:, -2], ctx[:, -1], pad_id, logits.dtype)  # [M,V]
+        if scratch is None or scratch.shape != logits.shape:
+            scratch = np.empty_like(logits)
+        for key, (a, b) in pairs.items():
+            sums[key] += float(biased_nll_rows(logits, cont, D, ctx[:, -1], y, a, b, out=scratch).sum())
+    n = len(yva)
+    out = {key: {"val_ppl": ppl(sums[key], n), "val_loss": sums[key] / n} for key in pairs}
     out["fit"] = fit
     return out

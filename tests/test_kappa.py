@@ -71,3 +71,29 @@ def test_biased_eval_zero_coefficients_is_plain_nll(rng):
     cont, kap = K.bias_features(X, A, ctx, 5)
     assert np.all(cont[0] == 0) and np.all(cont[3] == 0) and np.all(kap[3] == -1)  # PAD: no bias signal
     assert sp.issparse(A) and kap[1, 2] == pytest.approx(-0.5) and kap[1, 4] == -1  # Dice: 2*1/4 - 1; no edge
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_continuity_kernel_matches_reference(rng, dtype):
+    V, M = 40, 30
+    X = _unit(rng, V)
+    prev, cur = rng.integers(0, V + 1, M), rng.integers(0, V + 1, M)  # V = PAD
+    cur[:3] = prev[:3]  # zero steps
+    got, ref = K.continuity(X, prev, cur, V, dtype), K.continuity_ref(X, prev, cur, V, dtype)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, atol=1e-12 if dtype == np.float64 else 1e-7)
+
+
+@pytest.mark.parametrize("ab", [(1.0, 1.0), (0.3, -0.7), (0.0, 0.0), (0.0, 2.0)])
+def test_sparse_biased_nll_equals_dense(rng, ab):
+    V, M = 30, 25
+    X = _unit(rng, V)
+    nbr = np.stack([rng.choice(V, 3, replace=False) for _ in range(V)])
+    A = neighbour_graph(nbr, V)
+    ctx = rng.integers(0, V + 1, (M, 2))  # V = PAD: no edges, no continuity
+    y = rng.integers(0, V, M)
+    logits = 3 * rng.standard_normal((M, V))
+    dense, _ = K.biased_eval_nll(logits, ctx, y, X, A, V, *ab)
+    cont = K.continuity(X, ctx[:, 0], ctx[:, 1], V, np.float64)
+    sparse = K.biased_nll_rows(logits, cont, K.edge_bias(A), ctx[:, 1], y, *ab)
+    assert sparse.shape == (M,) and sparse.sum() == pytest.approx(dense, rel=1e-12)
