@@ -227,9 +227,28 @@ def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False, r=None, y=None):
     return np.matmul(dpre, w1[:F].T) if F else np.zeros_like(x)  # [B,H] @ [H,F] -> [B,F]
 
 
-def _col_scatter_sub(dw, y, a):
-    """dw[:, y_b] -= a_b for b = 1..B (repeated y accumulate): dw [H+1,V], y [B], a [B,H+1]."""
+def _col_scatter_sub_ref(dw, y, a):
+    """dw[:, y_b] -= a_b for b = 1..B (repeated y accumulate): dw [H+1,V], y [B], a [B,H+1]. NumPy reference."""
     np.subtract.at(dw.T, y, a)  # dw.T [V,H+1] view
+
+
+def _col_scatter_sub_nb(dw, y, a):
+    # dw [H1,V] -= scatter of a [B,H1] into columns y [B] (sequential, so repeated y accumulate)
+    B, H1 = a.shape
+    for b in range(B):
+        c = y[b]
+        for h in range(H1):
+            dw[h, c] -= a[b, h]
+
+
+_kernels = {}
+
+
+def _col_scatter_sub(dw, y, a):
+    if "cs" not in _kernels:
+        from .jit import njit
+        _kernels["cs"] = njit(_col_scatter_sub_nb)
+    _kernels["cs"](dw, np.ascontiguousarray(y), np.ascontiguousarray(a))
 
 
 def mlp_lm_backward(dlogits, cache):

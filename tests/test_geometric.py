@@ -164,3 +164,15 @@ def test_rotated_features_put_current_token_on_pole(rng):
 def test_unknown_model_name():
     with pytest.raises(ConfigError, match="unknown geometric model"):
         GeoModelConfig(name="nope", Vi=3, V=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_col_scatter_kernel_matches_reference(rng, dtype):
+    from geolm.geometric import _col_scatter_sub, _col_scatter_sub_ref
+    dw = rng.standard_normal((6, 9)).astype(dtype)
+    y = np.array([3, 0, 3, 8, 3])  # repeats accumulate
+    a = rng.standard_normal((5, 6)).astype(dtype)
+    got, ref = dw.copy(), dw.copy()
+    _col_scatter_sub(got, y, a)
+    _col_scatter_sub_ref(ref, y, a)
+    np.testing.assert_allclose(got, ref, rtol=1e-6 if dtype == np.float32 else 1e-14)
