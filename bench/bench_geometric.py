@@ -196,7 +196,8 @@ def main(argv=None):
         wall = time.perf_counter() - t0
         print(table(summary))
         cpu = sum(r.get("seconds", 0.0) for n, r in summary["models"].items() if not n.endswith("_fit"))
-        print(f"whole table wall time: {wall:.1f} s{"" if args.quick else " (target < 180 s)"} for {args.table_models}; "
+        target = "" if args.quick else " (target < 180 s)"
+        print(f"whole table wall time: {wall:.1f} s{target} for {args.table_models}; "
               f"{summary['data']['source']}; data + tokenizer {summary['data']['seconds']:.1f} s, geometry "
               f"{summary['data']['geometry']['seconds']:.1f} s, per-model seconds summed {cpu:.1f} s; output {out}")
         rows.append(dict(what="table wall time", seconds=wall, models=args.table_models, model_seconds_sum=cpu,
