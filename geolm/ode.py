@@ -94,11 +94,17 @@ def _step_backward(zbar, daux_s, caches, field_backward, h):
     return dz, dp
 
 
-def rk4_forward(field_forward, z0, p, t0, t1, n_steps):
+def rk4_forward(field_forward, z0, p, t0, t1, n_steps, field_eval=None):
     """Integrate dz/dt = F(z) on [t0, t1] with n_steps classical RK4 steps.
 
     z0 [N,D] -> (zT [N,D], traj [S+1,N,D] boundary states, aux {name: [S,4,N]}, cache).
+    field_eval(z, p) -> (dz, aux), optional: the same field without building a cache (the forward sweep drops
+    the caches anyway; the adjoint recomputes them with field_forward).
     """
+    if field_eval is not None:
+        def field_forward(z, p, _ev=field_eval):  # noqa: F811  (cache-free forward sweep)
+            dz, aux = _ev(z, p)
+            return dz, aux, None
     h = _step_size(t0, t1, n_steps)
     S = int(n_steps)
     traj = np.empty((S + 1,) + z0.shape, dtype=z0.dtype)  # [S+1,N,D]

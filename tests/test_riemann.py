@@ -92,6 +92,55 @@ def test_field_backward_without_aux_cotangents(rng, strict_float):
     check_grads(fwd, lambda dv, c: riemann.field_backward(dv, None, c), {"z": z, "p": p}, rng=rng)
 
 
+@pytest.mark.parametrize("metric", ["lowrank", "dense", "identity"])
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_field_blocks_gradcheck(metric, block, rng, strict_float, monkeypatch):
+    """Several token blocks (the last one short): gradients still exact, weight grads summed over blocks."""
+    monkeypatch.setattr(riemann, "FIELD_BLOCK", block)
+    cfg = _cfg(dim=4, heads=1, rank=2, metric=metric)
+    p = _field_params(cfg, rng)
+    z = rng.standard_normal((5, 4))
+
+    def fwd(z, p):
+        v, aux, cache = riemann.field_forward(z, p, cfg)
+        return (v, aux["f2"]) + ((aux["logdet"],) if "logdet" in aux else ()), cache
+
+    def bwd(dout, cache):
+        daux = {"f2": dout[1]}
+        if len(dout) == 3:
+            daux["logdet"] = dout[2]
+        return riemann.field_backward(dout[0], daux, cache)
+
+    check_grads(fwd, bwd, {"z": z, "p": p}, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_field_blocks_match_one_block(dtype, rng, monkeypatch):
+    cfg = _cfg(dim=8, heads=2, rank=3, eps=0.2)
+    p = _field_params(cfg, rng, scale=1.0)
+    p = {k: {l: {m: a.astype(dtype) for m, a in d.items()} for l, d in v.items()} for k, v in p.items()}
+    z = rng.standard_normal((11, 8)).astype(dtype)
+    dv = rng.standard_normal((11, 8)).astype(dtype)
+    daux = {"f2": rng.standard_normal(11).astype(dtype), "logdet": rng.standard_normal(11).astype(dtype)}
+    out = []
+    for block in (1000, 4):
+        monkeypatch.setattr(riemann, "FIELD_BLOCK", block)
+        v, aux, cache = riemann.field_forward(z, p, cfg)
+        v2, aux2 = riemann.field_forward_nocache(z, p, cfg)
+        np.testing.assert_array_equal(v, v2)
+        dz, dp = riemann.field_backward(dv, daux, cache)
+        assert v.dtype == dtype and dz.dtype == dtype and dp["U"]["fc2"]["w"].dtype == dtype
+        out.append((v, aux["logdet"], aux["f2"], dz, dp))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(out[0][:4], out[1][:4]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(a).max())
+    for name in ("f", "U"):
+        for leaf in ("fc1", "fc2"):
+            for k in ("w", "b"):
+                a, b = out[0][4][name][leaf][k], out[1][4][name][leaf][k]
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(a).max())
+
+
 @pytest.mark.parametrize("R", [1, 3, 6])
 def test_dense_matches_lowrank(R, rng):
     cfg_l = _cfg(dim=6, heads=2, rank=R, eps=0.1)
