@@ -328,8 +328,11 @@ def metric_solve_forward(U, f, eps, alpha, backend="numba"):
     return v, logdet, ("numba", U, v, s, R, logdetK, eps, alpha)
 
 
-def metric_solve_backward(dv, dlogdet, cache):
-    """(dv [N,d], dlogdet [N] or None, cache) -> (dU [N,r,d], df [N,d]) by the backend the forward used."""
+def metric_solve_backward(dv, dlogdet, cache, dU_out=None):
+    """(dv [N,d], dlogdet [N] or None, cache) -> (dU [N,r,d], df [N,d]) by the backend the forward used.
+
+    dU_out: optional C-contiguous [N,r,d] array of U's dtype that receives dU (numba backend; saves allocating
+    a fresh N*r*d array per call)."""
     backend, U, v, s, R, _, eps, alpha = cache
     dv = np.ascontiguousarray(dv, dtype=U.dtype)
     if dlogdet is not None:
@@ -338,7 +341,10 @@ def metric_solve_backward(dv, dlogdet, cache):
         return metric_solve_backward_ref(dv, dlogdet, cache)
     N, r, d = U.shape
     dt = U.dtype.type
-    dU = np.empty((N, r, d), U.dtype)
+    if dU_out is not None and dU_out.shape == U.shape and dU_out.dtype == U.dtype and dU_out.flags.c_contiguous:
+        dU = dU_out
+    else:
+        dU = np.empty((N, r, d), U.dtype)
     df = np.empty((N, d), U.dtype)
     dl = dlogdet if dlogdet is not None else np.zeros(1, U.dtype)
     with _blas_single_thread():

@@ -138,6 +138,7 @@ def rk4_backward(dzT, dtraj, daux, cache, field_forward, field_backward):
         _, _, caches = _stages(field_forward, traj[s], p, h)  # recompute this step's four stages
         daux_s = [{name: d[s, i] for name, d in daux.items() if d is not None} for i in range(4)]
         zbar, dps = _step_backward(zbar, daux_s, caches, field_backward, h)
+        del caches  # free this step's field caches before the next step recomputes its own
         dp = dps if dp is None else tree_add(dp, dps)
         if dtraj is not None:
             zbar += dtraj[s]

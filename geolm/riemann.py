@@ -33,6 +33,7 @@ Init: f-MLP last layer zero (the flow starts as the identity map), U-MLP last la
 import dataclasses
 import functools
 import math
+import sys
 
 import numpy as np
 
@@ -192,6 +193,27 @@ def _metric_ops(cfg):
 # of the weight gradients changes with the block size.
 
 FIELD_BLOCK = 256
+SCRATCH_MAX_BYTES = 4 << 30  # the pool below never holds more than this
+
+
+_SCRATCH = []  # 1-D buffers handed out as views by _scratch; reused once no live array refers to them
+
+
+def _scratch(shape, dtype):
+    """An uninitialised C-contiguous array [shape], reusing a pooled buffer that no live array views.
+
+    The U-MLP blocks (25 MB each, 4 x N/FIELD_BLOCK of them live in the adjoint's cache) would otherwise be
+    fresh heap/mmap memory every RK4 step, paid again in first-touch page faults. A buffer is free when the
+    pool holds the only reference (every view of it keeps its base alive), so caches stay valid however long
+    they are kept: this is an allocator, not shared state."""
+    n, dt = math.prod(shape), np.dtype(dtype)
+    for buf in _SCRATCH:
+        if buf.size == n and buf.dtype == dt and sys.getrefcount(buf) == 3:  # the pool, `buf`, the argument
+            return buf.reshape(shape)
+    buf = np.empty(n, dt)
+    if sum(b.nbytes for b in _SCRATCH) + buf.nbytes <= SCRATCH_MAX_BYTES:
+        _SCRATCH.append(buf)
+    return buf.reshape(shape)
 
 
 def _gemm_acc(a, b, c):
@@ -210,11 +232,14 @@ def _blas_gemm(dtype):
     return blas.get_blas_funcs("gemm", (np.empty(0, dtype),))
 
 
-def _mlp_block_forward(x, p):
-    """GELU MLP x [n,I] -> (y [n,O], cache); the same function as geolm.mlp.mlp_forward(x, p)."""
+def _mlp_block_forward(x, p, pooled=False):
+    """GELU MLP x [n,I] -> (y [n,O], cache); the same function as geolm.mlp.mlp_forward(x, p).
+    pooled: y comes from _scratch (the U-MLP's large output)."""
     h, c1 = linear_forward(x, **p["fc1"])  # [n,I] -> [n,F]
     a, ca = gelu_forward(h)  # [n,F]
-    y = np.matmul(a, p["fc2"]["w"])  # [n,F] -> [n,O]
+    w2 = p["fc2"]["w"]
+    y = _scratch((x.shape[0], w2.shape[1]), np.result_type(a, w2)) if pooled else None
+    y = np.matmul(a, w2, out=y)  # [n,F] -> [n,O]
     y += p["fc2"]["b"]
     return y, (x, ca, a, p)
 
@@ -262,7 +287,7 @@ def _field_blocks(z, p, cfg, keep):
             v[lo:hi] = f
             blocks.append((lo, hi, cf, None, None, f) if keep else None)
             continue
-        u, cu = _mlp_block_forward(zb, p["U"])  # [n,D] -> [n,R*D]
+        u, cu = _mlp_block_forward(zb, p["U"], pooled=True)  # [n,D] -> [n,R*D]
         U = u.reshape(hi - lo, cfg.rank, D)  # [n,R*D] -> [n,R,D]
         vb, logdet, cm = solve_fwd(U, f, cfg.eps, cfg.alpha)
         v[lo:hi] = vb
@@ -289,7 +314,11 @@ def field_backward(ddz, daux, cache):
         if cu is None:  # identity metric: v = f
             df = np.array(dv, dtype=dtype, copy=True)
         else:
-            dU, df = solve_bwd(dv, dl[lo:hi] if dl is not None else None, cm)  # v = g(U)^-1 f
+            dlb = dl[lo:hi] if dl is not None else None
+            if cfg.metric == "dense":
+                dU, df = solve_bwd(dv, dlb, cm)  # v = g(U)^-1 f
+            else:
+                dU, df = solve_bwd(dv, dlb, cm, dU_out=_scratch(cm[1].shape, dtype))  # v = g(U)^-1 f
         if df2 is not None:
             df += (2.0 * df2[lo:hi, None]) * f  # f2 = |f|^2
         dz[lo:hi] = _mlp_block_backward(df, cf, dp["f"])

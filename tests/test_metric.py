@@ -68,6 +68,11 @@ def test_numba_matches_ref_large(rng, monkeypatch, dtype, parallel):
     g2 = metric_solve_backward(dv, dl, c2)
     for a, b in zip(g2, g1):
         assert _rel(a, b) < tol
+    out = np.full(U.shape, np.nan, dtype)
+    g3 = metric_solve_backward(dv, dl, c2, dU_out=out)  # written in place, same values
+    assert g3[0] is out
+    np.testing.assert_array_equal(g3[0], g2[0])
+    np.testing.assert_array_equal(g3[1], g2[1])
 
 
 def test_cache_factor_and_logdet_parts(rng):

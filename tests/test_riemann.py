@@ -332,3 +332,22 @@ def test_float32_stays_float32(kw, rng):
             yield from (leaves(v) if isinstance(v, dict) else [v])
     assert all(a.dtype == np.float32 for a in leaves(dp))
     assert np.isfinite(loss)
+
+
+def test_scratch_reuses_only_free_buffers(monkeypatch):
+    monkeypatch.setattr(riemann, "_SCRATCH", [])
+    a = riemann._scratch((3, 4), np.float32)
+    a[...] = 1.0
+    b = riemann._scratch((3, 4), np.float32)  # a is alive: a new buffer
+    assert not np.shares_memory(a, b)
+    view = a[1:]
+    del a
+    c = riemann._scratch((3, 4), np.float32)  # a's buffer is still viewed
+    assert not np.shares_memory(c, view)
+    del view, b
+    d = riemann._scratch((12,), np.float32)  # now free: reused, any shape of the same size
+    assert len(riemann._SCRATCH) == 3 and d.shape == (12,) and d.flags.c_contiguous
+    assert riemann._scratch((5,), np.float64).dtype == np.float64  # other size/dtype: a new buffer
+    monkeypatch.setattr(riemann, "SCRATCH_MAX_BYTES", 0)
+    riemann._scratch((7,), np.float32)
+    assert len(riemann._SCRATCH) == 4  # over the cap: allocated, not pooled
