@@ -21,8 +21,9 @@ Everything runs in the input dtype (float32 in -> float32 math and out); only lo
 
 Three tiers: tests/naive_metric.py (dense float64 oracle), `metric_solve_ref` (vectorised NumPy over
 [N,r,r] stacks: matmul, np.linalg.cholesky, np.linalg.inv of the factor), `_metric_solve_nb` (Numba:
-per token BLAS np.dot for U U^T, U f, U^T s and K^-1 U, LAPACK potrf/potrs/potri called through SciPy's
-cython_lapack pointers, prange over token chunks; `_metric_solve_nb_serial` below PARALLEL_FLOPS of work).
+per token BLAS: syrk for U U^T (upper triangle only, half the multiplies of np.dot's gemm), np.dot for U f,
+U^T s and K^-1 U, LAPACK potrf/potrs/potri; syrk and LAPACK through SciPy's cython pointers; prange over token
+chunks; `_metric_solve_nb_serial` below PARALLEL_FLOPS of work).
 The public pair validates, dispatches (numba by default) and records the choice in the cache; BLAS is
 limited to one thread while the Numba kernel runs (threadpoolctl). Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
 """
@@ -151,23 +152,44 @@ def _lapack(dtype):
 _LAPACK = {}
 
 
+def _blas(dtype):
+    """?syrk for dtype as a ctypes function pointer into SciPy's BLAS (Fortran ABI), like _lapack."""
+    key = np.dtype(dtype).char
+    if key not in _BLAS:
+        import ctypes
+        from numba.extending import get_cython_function_address
+        addr = get_cython_function_address("scipy.linalg.cython_blas", ("s" if key == "f" else "d") + "syrk")
+        _BLAS[key] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 10))(addr)
+    return _BLAS[key]
+
+
+_BLAS = {}
+
+
 @njit
-def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
     """Forward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
     r, d = U.shape[1], U.shape[2]
-    ib = np.empty(4, np.int32)  # Fortran ints: ib[0] = n = lda = ldb, ib[1] = nrhs, ib[2] = info
-    up = np.empty(1, np.uint8)
+    ib = np.empty(4, np.int32)  # Fortran ints: ib[0] = n = lda = ldb, ib[1] = nrhs, ib[2] = info, ib[3] = d
+    up = np.empty(2, np.uint8)
     up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
+    up[1] = 84  # 'T'
+    one = np.ones(1, U.dtype)
+    zero = np.zeros(1, U.dtype)
     w = np.empty(r, U.dtype)
     tmp = np.empty(d, U.dtype)
     for n in range(lo, hi):
         Un = U[n]
         Rn = R[n]
-        np.dot(Un, Un.T, Rn)  # U U^T, [r,d] @ [d,r] -> [r,r]
+        ib[0] = r
+        ib[3] = d
+        # upper (C order) triangle of U U^T: Fortran sees U as U^T [d,r], so C = A^T A with trans 'T', k = d
+        syrk(up[0:1].ctypes, up[1:2].ctypes, ib[0:1].ctypes, ib[3:4].ctypes, one.ctypes, Un.ctypes,
+             ib[3:4].ctypes, zero.ctypes, Rn.ctypes, ib[0:1].ctypes)
         for i in range(r):
-            for j in range(r):
+            for j in range(i, r):
                 Rn[i, j] *= alpha_t
-            Rn[i, i] += eps_t  # K = eps I + alpha U U^T
+            Rn[i, i] += eps_t  # K = eps I + alpha U U^T (upper triangle; potrf reads only that)
         ib[0] = r
         ib[1] = 1
         ib[2] = 0
@@ -252,21 +274,21 @@ def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_
 
 
 @njit_parallel
-def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
     """Forward kernel, parallel over token chunks. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky
     factor, K = R^T R), s [N,r] (= K^-1 U f), info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d],
-    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf, potrs: see _lapack."""
+    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf, potrs: see _lapack; syrk: _blas."""
     N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
         _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t,
-                       eps_t, potrf, potrs)
+                       eps_t, potrf, potrs, syrk)
 
 
 @njit
-def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs):
+def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
     """Same as _metric_solve_nb on one thread (small problems: no parallel-region overhead)."""
-    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs)
+    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk)
 
 
 @njit_parallel
@@ -320,8 +342,9 @@ def metric_solve_forward(U, f, eps, alpha, backend="numba"):
     info = np.zeros(N, np.int32)
     with _blas_single_thread():
         potrf, potrs, _ = _lapack(U.dtype)
+        syrk = _blas(U.dtype)
         kern = _metric_solve_nb if _parallel(U) else _metric_solve_nb_serial
-        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), potrf, potrs)
+        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), potrf, potrs, syrk)
     if info.any():
         raise _not_pd_error(U, eps, alpha, np.nonzero(info)[0])
     logdet = logdetK + (d - r) * math.log(eps)
