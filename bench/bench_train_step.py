@@ -17,7 +17,8 @@ and Adam are not counted):
   useful = 3 x fwd (forward + backward of activations and weights) for encoder and head;
            4 x fwd for the 4 S field evaluations (forward, recompute in the adjoint, 2 x for their VJPs).
 The time split runs each part's own forward / backward on the same shapes, in the proportion the step calls
-them (a field part costs 4S x (2 fwd + bwd)); "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
+them (a field part costs 4S x (2 fwd + bwd)); the field's parts run the step's own block functions over its
+blocks of riemann.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
 clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
 dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
 field evaluation in float32 at N = 6144, several of them live at once in the backward). At --quick shapes the
@@ -45,7 +46,7 @@ import harness  # noqa: E402
 from geolm import riemann  # noqa: E402
 from geolm.losses import xent_backward, xent_forward  # noqa: E402
 from geolm.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
-from geolm.mlp import mlp_backward, mlp_forward  # noqa: E402
+from geolm.mlp import mlp_forward  # noqa: E402
 from geolm.optim import adam_init, adam_step, clip_grad_norm  # noqa: E402
 from geolm.transformer import encoder_backward, encoder_forward  # noqa: E402
 
@@ -152,25 +153,49 @@ def part_times(sh, cfg, spec, theta, batch, args):
         riemann.head_backward(xent_backward(1.0, cx), ch, cfg)
 
     wall["head"], cpu["head"] = tc(head)
-    # the field's parts: 4S evaluations forward, 4S recomputed in the adjoint, 4S backward
+    # the field's parts: 4S evaluations forward, 4S recomputed in the adjoint, 4S backward; each part runs the
+    # functions the step runs, over the step's blocks of riemann.FIELD_BLOCK tokens (pooled U / dU buffers)
     pf = p["field"]
     n_ev = 4 * S
-    t_f = tc(lambda: mlp_forward(z, pf["f"]))
-    f, cf = mlp_forward(z, pf["f"])
-    t = n_ev * (2 * t_f + tc(lambda: mlp_backward(f, cf)))
+    blocks = [(lo, min(N, lo + riemann.FIELD_BLOCK)) for lo in range(0, N, riemann.FIELD_BLOCK)]
+
+    def mlp_fwd(name, pooled=False):
+        return [riemann._mlp_block_forward(z[lo:hi], pf[name], pooled=pooled) for lo, hi in blocks]
+
+    def mlp_bwd(name, outs):
+        dp = riemann._zeros_like_tree(pf[name])
+        for y, c in outs:
+            riemann._mlp_block_backward(y.reshape(y.shape[0], -1), c, dp)  # any cotangent of y's shape
+
+    def each_block(fn):
+        def go():
+            for lo, hi in blocks:
+                fn(lo, hi)
+        return go
+
+    t_f = tc(each_block(lambda lo, hi: riemann._mlp_block_forward(z[lo:hi], pf["f"])))
+    fo = mlp_fwd("f")
+    t = n_ev * (2 * t_f + tc(lambda: mlp_bwd("f", fo)))
     wall["f_mlp"], cpu["f_mlp"] = t
+    f = np.concatenate([y for y, _ in fo])  # [N,D]
     if "U" in pf:
-        t_f = tc(lambda: mlp_forward(z, pf["U"]))
-        u, cu = mlp_forward(z, pf["U"])
-        t = n_ev * (2 * t_f + tc(lambda: mlp_backward(u, cu)))
+        t_f = tc(each_block(lambda lo, hi: riemann._mlp_block_forward(z[lo:hi], pf["U"], pooled=True)))
+        uo = mlp_fwd("U", pooled=True)
+        t = n_ev * (2 * t_f + tc(lambda: mlp_bwd("U", uo)))
         wall["u_mlp"], cpu["u_mlp"] = t
-        U = u.reshape(N, cfg.rank, D)
-        t_f = tc(lambda: metric_solve_forward(U, f, cfg.eps, cfg.alpha))
-        v, ld, cm = metric_solve_forward(U, f, cfg.eps, cfg.alpha)
-        dld = rng.normal(size=ld.shape).astype(ld.dtype)
-        t = n_ev * (2 * t_f + tc(lambda: metric_solve_backward(f, dld, cm)))
+        Us = [u.reshape(hi - lo, cfg.rank, D) for (u, _), (lo, hi) in zip(uo, blocks)]
+        t_f = tc(each_block(lambda lo, hi: metric_solve_forward(Us[lo // riemann.FIELD_BLOCK], f[lo:hi], cfg.eps,
+                                                                cfg.alpha)))
+        cms = [metric_solve_forward(U, f[lo:hi], cfg.eps, cfg.alpha)[2] for U, (lo, hi) in zip(Us, blocks)]
+        dld = rng.normal(size=N).astype(f.dtype)
+
+        def metric_bwd():
+            for cm, (lo, hi) in zip(cms, blocks):
+                metric_solve_backward(f[lo:hi], dld[lo:hi], cm, dU_out=riemann._scratch(cm[1].shape, f.dtype))
+
+        t = n_ev * (2 * t_f + tc(metric_bwd))
         wall["metric"], cpu["metric"] = t
-        del u, cu, U, cm
+        del uo, Us, cms
     return wall, cpu, z, f
 
 

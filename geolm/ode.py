@@ -102,7 +102,7 @@ def rk4_forward(field_forward, z0, p, t0, t1, n_steps, field_eval=None):
     the caches anyway; the adjoint recomputes them with field_forward).
     """
     if field_eval is not None:
-        def field_forward(z, p, _ev=field_eval):  # noqa: F811  (cache-free forward sweep)
+        def field_forward(z, p, _ev=field_eval):  # the cache-free forward sweep
             dz, aux = _ev(z, p)
             return dz, aux, None
     h = _step_size(t0, t1, n_steps)

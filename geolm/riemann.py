@@ -39,11 +39,11 @@ import numpy as np
 
 from .config import opt, positive, require
 from .errors import ConfigError, NumericalError
-from .layernorm import layernorm_backward, layernorm_forward
 from .activations import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .losses import nll_sum, xent_backward, xent_forward
-from .mlp import mlp_backward, mlp_forward, mlp_init_, mlp_shapes
+from .mlp import mlp_forward, mlp_init_, mlp_shapes
 from .ode import rk4_backward, rk4_forward
 from .params import ParamSpec, accumulate
 from .transformer import encoder_backward, encoder_forward, encoder_init_, encoder_shapes
@@ -225,7 +225,7 @@ def _gemm_acc(a, b, c):
 def _mlp_block_forward(x, p, pooled=False):
     """GELU MLP x [n,I] -> (y [n,O], cache); the same function as geolm.mlp.mlp_forward(x, p).
     pooled: y comes from _scratch (the U-MLP's large output)."""
-    h, c1 = linear_forward(x, **p["fc1"])  # [n,I] -> [n,F]
+    h, _ = linear_forward(x, **p["fc1"])  # [n,I] -> [n,F]
     a, ca = gelu_forward(h)  # [n,F]
     w2 = p["fc2"]["w"]
     y = _scratch((x.shape[0], w2.shape[1]), np.result_type(a, w2)) if pooled else None
