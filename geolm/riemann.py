@@ -37,9 +37,9 @@ import sys
 
 import numpy as np
 
+from .activations import gelu_backward, gelu_forward
 from .config import opt, positive, require
 from .errors import ConfigError, NumericalError
-from .activations import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .losses import nll_sum, xent_backward, xent_forward
