@@ -11,7 +11,7 @@ import numpy as np
 
 def linear_forward(x, w, b):
     """y = x @ w + b; x [..., I], w [I, O], b [O] -> (y [..., O], cache)."""
-    y = np.matmul(x, w)  # [..., I] @ [I, O] -> [..., O]
+    y = np.matmul(x.reshape(-1, w.shape[0]), w).reshape(*x.shape[:-1], w.shape[1])  # one 2-D GEMM [N,I]@[I,O]
     y += b
     return y, (x, w)
 
@@ -23,7 +23,7 @@ def linear_backward(dy, cache):
     x2 = x.reshape(-1, I)  # [..., I] -> [N, I]
     dy2 = dy.reshape(-1, O)  # [..., O] -> [N, O]
     # y = x @ w + b
-    dx = np.matmul(dy, w.T)  # [..., O] @ [O, I] -> [..., I]
+    dx = np.matmul(dy2, w.T).reshape(*dy.shape[:-1], I)  # [N, O] @ [O, I] -> [..., I] (2-D: not a stack of GEMMs)
     dw = np.matmul(x2.T, dy2)  # [I, N] @ [N, O] -> [I, O]
     db = dy2.sum(axis=0)  # [N, O] -> [O]
     return dx, dw, db
