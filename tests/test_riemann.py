@@ -58,15 +58,8 @@ def test_rank_equal_dim_is_valid():
     assert riemann.RiemannConfig(dim=8, heads=2, rank=8).rank == 8
 
 
-# ------------------------------------------------------------------------------------------ the field
-
-@pytest.mark.parametrize("metric", ["lowrank", "dense", "identity"])
-@pytest.mark.parametrize("N, D, R", [(1, 4, 1), (3, 4, 2), (2, 4, 4), (5, 3, 1)])
-def test_field_gradcheck(metric, N, D, R, rng, strict_float):
-    cfg = _cfg(dim=D, heads=1, rank=R, metric=metric)
-    p = _field_params(cfg, rng)
-    z = rng.standard_normal((N, D))
-
+def _check_field(cfg, p, z, rng):
+    """Gradcheck of the field (v, f2 and, when present, logdet outputs) w.r.t. z and every field parameter."""
     def fwd(z, p):
         v, aux, cache = riemann.field_forward(z, p, cfg)
         return (v, aux["f2"]) + ((aux["logdet"],) if "logdet" in aux else ()), cache
@@ -78,6 +71,18 @@ def test_field_gradcheck(metric, N, D, R, rng, strict_float):
         return riemann.field_backward(dout[0], daux, cache)
 
     check_grads(fwd, bwd, {"z": z, "p": p}, rng=rng)
+
+
+# ------------------------------------------------------------------------------------------ the field
+
+@pytest.mark.parametrize("metric", ["lowrank", "dense", "identity"])
+@pytest.mark.parametrize("N, D, R", [(1, 4, 1), (3, 4, 2), (2, 4, 4), (5, 3, 1)])
+def test_field_gradcheck(metric, N, D, R, rng, strict_float):
+    cfg = _cfg(dim=D, heads=1, rank=R, metric=metric)
+    p = _field_params(cfg, rng)
+    z = rng.standard_normal((N, D))
+
+    _check_field(cfg, p, z, rng)
 
 
 def test_field_backward_without_aux_cotangents(rng, strict_float):
@@ -101,17 +106,7 @@ def test_field_blocks_gradcheck(metric, block, rng, strict_float, monkeypatch):
     p = _field_params(cfg, rng)
     z = rng.standard_normal((5, 4))
 
-    def fwd(z, p):
-        v, aux, cache = riemann.field_forward(z, p, cfg)
-        return (v, aux["f2"]) + ((aux["logdet"],) if "logdet" in aux else ()), cache
-
-    def bwd(dout, cache):
-        daux = {"f2": dout[1]}
-        if len(dout) == 3:
-            daux["logdet"] = dout[2]
-        return riemann.field_backward(dout[0], daux, cache)
-
-    check_grads(fwd, bwd, {"z": z, "p": p}, rng=rng)
+    _check_field(cfg, p, z, rng)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
