@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+import geolm  # noqa: F401  (first: sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS)
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))

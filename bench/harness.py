@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 
+import geolm  # noqa: F401  (first: sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS)
 import numpy as np
 
 

@@ -2,9 +2,8 @@
 
     python examples/generate.py --checkpoint runs/riemann --prompt "Once upon a time" --temperature 0.8 --top-k 40
 """
-import numpy as np
-
-from geolm import riemann
+from geolm import riemann  # first: geolm configures OpenBLAS before NumPy loads it
+import numpy as np  # noqa: E402
 from geolm.config import ArgParser
 from geolm.errors import cli_main
 from geolm.generate import generate_text

@@ -39,3 +39,13 @@ def test_import_is_quick_and_compiles_nothing():
     dt, numba_loaded, mpl_loaded, mpi_loaded = float(out[0]), out[1] == "True", out[2] == "True", out[3] == "True"
     assert not numba_loaded and not mpl_loaded and not mpi_loaded
     assert dt < 5.0  # generous: a cold import without numba/matplotlib/mpi4py is ~0.1 s
+
+
+def test_import_geolm_shortens_openblas_spin_unless_set():
+    import subprocess
+    import sys
+    code = "import os, geolm; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "22"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "20"
