@@ -124,3 +124,16 @@ def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
     g1 = json.loads((one / "results.json").read_text())["data"]["geometry"]
     g2 = json.loads((two / "results.json").read_text())["data"]["geometry"]
     assert g1["nnz_ppmi_counts"] == g2["nnz_ppmi_counts"] and g1["spectrum_kept"] == g2["spectrum_kept"]
+
+
+def test_balanced_bins_split_costs_evenly():
+    from geolm.geometric_run import _balanced_bins, _cost
+    need = ["trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "geo_attention", "geo_shuffled"]
+    names = need + ["geo_abs_kappa", "hybrid_kappa"]
+    bins = _balanced_bins(need, 2, names)
+    assert sorted(n for b in bins for n in b) == sorted(need)
+    loads = [sum(_cost(n, names) for n in b) for b in bins]
+    assert max(loads) - min(loads) <= min(_cost(n, names) for n in need)  # no model could move to improve much
+    assert max(loads) < 205  # the dynamic longest-first queue's makespan on these costs
+    three = _balanced_bins(need, 3, names)
+    assert len(three) == 3 and sorted(n for b in three for n in b) == sorted(need)
