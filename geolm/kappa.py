@@ -54,27 +54,33 @@ def continuity_ref(X, prev, cur, pad_id, dtype=np.float32):
     return np.clip(cont, -1.0, 1.0).astype(dtype)
 
 
-def _continuity_nb(X, xt, u, ok, out):
+def _continuity_nb(Xt, xt, u, ok, out):
     # out [M,V] = clip((x_w - x_t).u / |x_w - x_t|, -1, 1), 0 where |x_w - x_t| <= 1e-6 or not ok[m]; float64 math
+    # Xt [k,V] (coordinates transposed): every inner loop runs over w with unit stride, branch-free (vectorises)
     M, V = out.shape
-    k = X.shape[1]
+    k = Xt.shape[0]
+    xu = np.empty(V)
+    xx = np.empty(V)
     for m in range(M):
         if not ok[m]:
-            for w in range(V):
-                out[m, w] = 0.0
+            out[m, :] = 0.0
             continue
         tu = 0.0
         for i in range(k):
             tu += xt[m, i] * u[m, i]
+        xu[:] = 0.0
+        xx[:] = 0.0
+        for i in range(k):
+            ui = u[m, i]
+            ti = xt[m, i]
+            for w in range(V):
+                xu[w] += Xt[i, w] * ui
+                xx[w] += Xt[i, w] * ti
         for w in range(V):
-            xu = 0.0
-            xx = 0.0
-            for i in range(k):
-                xu += X[w, i] * u[m, i]
-                xx += X[w, i] * xt[m, i]
-            dist = np.sqrt(max(2.0 - 2.0 * xx, 0.0))
-            c = (xu - tu) / max(dist, 1e-6) if dist > 1e-6 else 0.0
-            out[m, w] = min(max(c, -1.0), 1.0)
+            dist = np.sqrt(max(2.0 - 2.0 * xx[w], 0.0))
+            c = (xu[w] - tu) / max(dist, 1e-6)
+            c = min(max(c, -1.0), 1.0)
+            out[m, w] = c if dist > 1e-6 else 0.0
 
 
 _kernels = {}
@@ -92,7 +98,7 @@ def continuity(X, prev, cur, pad_id, dtype=np.float32, out=None):
     X, xt, u, ok = _step_frames(X, prev, cur, pad_id)
     if out is None:
         out = np.empty((len(ok), X.shape[0]), dtype)
-    _kernels["c"](np.ascontiguousarray(X), xt, u, ok, out)
+    _kernels["c"](np.ascontiguousarray(X.T), xt, u, ok, out)
     return out
 
 
