@@ -43,20 +43,37 @@ def _shift(logits):
     return m
 
 
-def xent_factors(logits, y):
+def _exp_rows(z, refill=None):
+    """z [B,V] -> exp(z - c) IN PLACE; -> (row sums s [B] in z's dtype, shift c [B,1] or None).
+
+    With refill (a function that writes the original z back into the buffer), exp runs first without a shift and
+    the [B] sums are checked: all finite and > 1e-30 means every row max was within float range (no max pass);
+    otherwise (rare: a row max beyond ~+88 or below ~-69, or NaN) z is refilled and the shifted path runs."""
+    if refill is not None:
+        with np.errstate(over="ignore", under="ignore"):  # overflow is detected below and handled by the refill
+            np.exp(z, out=z)
+            s = z.sum(axis=1)
+        if np.all(np.isfinite(s)) and s.min() > 1e-30:
+            return s, None
+        refill(z)
+    c = _shift(z)
+    if c is not None:
+        z -= c
+    np.exp(z, out=z)
+    return z.sum(axis=1), c
+
+
+def xent_factors(logits, y, refill=None):
     """Mean softmax cross-entropy in implicit form; OVERWRITES logits [B,V] with e = exp(logits - c).
 
     -> (loss float, r [B]) with dloss/dlogits = r[:,None] * e - onehot(y) / B,  r = 1 / (B sum_v e).
-    Three passes over [B,V] (max, exp, row sums), none when scaling: the backward folds r and the one-hot into
-    its [B,H] operands (`mlp_lm_backward_into`)."""
+    Two or three passes over [B,V] (exp, row sums; a max pass unless refill is given, see `_exp_rows`), none for
+    scaling: the backward folds r and the one-hot into its [B,H] operands (`mlp_lm_backward_into`)."""
     B = logits.shape[0]
-    c = _shift(logits)
     zy = logits[np.arange(B), y].astype(np.float64)  # [B] target logit
+    s, c = _exp_rows(logits, refill)
     if c is not None:
-        logits -= c
         zy -= c[:, 0]
-    np.exp(logits, out=logits)  # [B,V]
-    s = logits.sum(axis=1)  # [B] pairwise sum, >= exp(-60)
     loss = float(np.sum(np.log(s.astype(np.float64)) - zy)) / B
     return loss, (1.0 / (s * B)).astype(logits.dtype)
 
@@ -70,18 +87,16 @@ def xent_inplace(logits, y):
     return loss, logits
 
 
-def nll_rows(logits, y, overwrite=False):
+def nll_rows(logits, y, overwrite=False, refill=None):
     """Per-row NLL in float64 [B] from logits [B,V] (row sums in the logits' dtype, pairwise).
 
-    overwrite=True reuses the logits buffer (2-3 passes, no [B,V] temporaries)."""
+    overwrite=True reuses the logits buffer (2-3 passes, no [B,V] temporaries); refill: see `_exp_rows`."""
     z = logits if overwrite else logits.copy()
-    c = _shift(z)
     zy = z[np.arange(z.shape[0]), y].astype(np.float64)  # [B]
+    s, c = _exp_rows(z, refill if overwrite else None)
     if c is not None:
-        z -= c
         zy -= c[:, 0]
-    np.exp(z, out=z)
-    return np.log(z.sum(axis=1).astype(np.float64)) - zy
+    return np.log(s.astype(np.float64)) - zy
 
 
 # ---------------------------------------------------------------- frozen geometry
@@ -263,7 +278,7 @@ def mlp_lm_backward(dlogits, cache):
 def mlp_lm_loss_and_grads(p, dp, x, rows, y):
     """Mean xent of the MLP LM; dp = zeroed grad views (filled). -> loss float."""
     logits, cache = mlp_lm_forward(x, rows, p)
-    loss, r = xent_factors(logits, y)
+    loss, r = xent_factors(logits, y, lambda z: np.matmul(cache[2], cache[4], out=z))
     mlp_lm_backward_into(logits, cache, dp, r=r, y=y)
     return loss
 
@@ -367,12 +382,18 @@ def model_backward_into(mc, dlogits, cache, dp, r=None, y=None):
 def model_loss_and_grads(mc, tables, p, dp, ctx, y):
     """Mean xent over the batch; dp = ZEROED grad views (filled with d mean loss / d p). -> loss float."""
     logits, cache = model_forward(mc, tables, p, ctx)
-    loss, r = xent_factors(logits, y)  # logits -> e
+    loss, r = xent_factors(logits, y, _refill(mc, cache))  # logits -> e
     model_backward_into(mc, logits, cache, dp, r=r, y=y)
     return loss
 
 
+def _refill(mc, cache):
+    """z -> the head's logits again, written into z (for `_exp_rows`): [h, 1] @ [W2; b2] from the cache."""
+    ch = cache[4] if mc.kind == "attn" else cache
+    return lambda z: np.matmul(ch[2], ch[4], out=z)
+
+
 def model_nll(mc, tables, p, ctx, y):
     """Summed float64 NLL over the batch -> (nll_sum, n)."""
-    logits, _ = model_forward(mc, tables, p, ctx)
-    return float(nll_rows(logits, y, overwrite=True).sum()), int(len(y))
+    logits, cache = model_forward(mc, tables, p, ctx)
+    return float(nll_rows(logits, y, overwrite=True, refill=_refill(mc, cache)).sum()), int(len(y))

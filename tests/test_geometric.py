@@ -61,10 +61,38 @@ def test_xent_factors_implicit_gradient_and_shift(rng, dtype, scale):
     np.testing.assert_allclose(nll_rows(logits, y).mean(), ref, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (40.0, 0.0), (1.0, -200.0), (1.0, 300.0)])
+def test_xent_factors_refill_matches_shifted(rng, dtype, scale, shift):
+    """The optimistic no-max path, and its refill fallback (overflow, underflow), equal the shifted computation."""
+    logits = (scale * rng.standard_normal((6, 13)) + shift).astype(dtype)
+    logits[1] += 5.0
+    y = rng.integers(0, 13, 6)
+    e1, e2 = logits.copy(), logits.copy()
+    calls = []
+
+    def refill(z):
+        calls.append(1)
+        z[...] = logits
+
+    l1, r1 = xent_factors(e1, y)
+    l2, r2 = xent_factors(e2, y, refill)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    assert abs(l1 - l2) <= tol * abs(l1)
+    np.testing.assert_allclose(r1[:, None] * e1, r2[:, None] * e2, atol=tol)
+    fallback = not (scale == 1.0 and shift == 0.0) and (dtype == np.float32 or shift < 0)  # float64 exp: 1e308
+    assert len(calls) == int(fallback)
+    z = logits.copy()
+    np.testing.assert_allclose(nll_rows(z, y, overwrite=True, refill=refill), nll_rows(logits, y), rtol=tol)
+
+
 def test_xent_factors_propagates_nan(rng):
     logits = rng.standard_normal((3, 5)).astype(np.float32)
     logits[1, 2] = np.nan
-    loss, _ = xent_factors(logits, np.array([0, 1, 2]))
+    loss, _ = xent_factors(logits.copy(), np.array([0, 1, 2]))
+    assert np.isnan(loss)
+    z = logits.copy()
+    loss, _ = xent_factors(z, np.array([0, 1, 2]), lambda b: b.__setitem__(Ellipsis, logits))
     assert np.isnan(loss)
 
 
