@@ -24,6 +24,7 @@ import numpy as np
 
 from .embedding import _embedding_backward_nb
 from .errors import ConfigError
+from .jit import njit
 from .mlp import mlp_init_, mlp_shapes
 from .rotation import offsets_transported, pole, rotation_matrix
 
@@ -205,6 +206,11 @@ def mlp_lm_forward(x, rows, p):
     return logits, (x, rows, ha, w1, w2b)
 
 
+def _refill(cache):
+    """z -> the logits of `mlp_lm_forward` again, written into z (for `_exp_rows`): [h, 1] @ [W2; b2]."""
+    return lambda z: np.matmul(cache[2], cache[4], out=z)
+
+
 def mlp_lm_backward_into(dlogits, cache, dp, need_dx=False, r=None, y=None):
     """Fill ZEROED grad views dp (p's nesting); returns dx [B,F] if need_dx (frozen features need none), else None.
 
@@ -247,6 +253,7 @@ def _col_scatter_sub_ref(dw, y, a):
     np.subtract.at(dw.T, y, a)  # dw.T [V,H+1] view
 
 
+@njit
 def _col_scatter_sub_nb(dw, y, a):
     # dw [H1,V] -= scatter of a [B,H1] into columns y [B] (sequential, so repeated y accumulate)
     B, H1 = a.shape
@@ -256,14 +263,8 @@ def _col_scatter_sub_nb(dw, y, a):
             dw[h, c] -= a[b, h]
 
 
-_kernels = {}
-
-
 def _col_scatter_sub(dw, y, a):
-    if "cs" not in _kernels:
-        from .jit import njit
-        _kernels["cs"] = njit(_col_scatter_sub_nb)
-    _kernels["cs"](dw, np.ascontiguousarray(y), np.ascontiguousarray(a))
+    _col_scatter_sub_nb(dw, np.ascontiguousarray(y), np.ascontiguousarray(a))
 
 
 def mlp_lm_backward(dlogits, cache):
@@ -278,7 +279,7 @@ def mlp_lm_backward(dlogits, cache):
 def mlp_lm_loss_and_grads(p, dp, x, rows, y):
     """Mean xent of the MLP LM; dp = zeroed grad views (filled). -> loss float."""
     logits, cache = mlp_lm_forward(x, rows, p)
-    loss, r = xent_factors(logits, y, lambda z: np.matmul(cache[2], cache[4], out=z))
+    loss, r = xent_factors(logits, y, _refill(cache))
     mlp_lm_backward_into(logits, cache, dp, r=r, y=y)
     return loss
 
@@ -382,18 +383,18 @@ def model_backward_into(mc, dlogits, cache, dp, r=None, y=None):
 def model_loss_and_grads(mc, tables, p, dp, ctx, y):
     """Mean xent over the batch; dp = ZEROED grad views (filled with d mean loss / d p). -> loss float."""
     logits, cache = model_forward(mc, tables, p, ctx)
-    loss, r = xent_factors(logits, y, _refill(mc, cache))  # logits -> e
+    loss, r = xent_factors(logits, y, _refill(_head_cache(mc, cache)))  # logits -> e
     model_backward_into(mc, logits, cache, dp, r=r, y=y)
     return loss
 
 
-def _refill(mc, cache):
-    """z -> the head's logits again, written into z (for `_exp_rows`): [h, 1] @ [W2; b2] from the cache."""
-    ch = cache[4] if mc.kind == "attn" else cache
-    return lambda z: np.matmul(ch[2], ch[4], out=z)
+def _head_cache(mc, cache):
+    """The MLP head's cache inside a model's forward cache."""
+    return cache[4] if mc.kind == "attn" else cache
 
 
 def model_nll(mc, tables, p, ctx, y):
     """Summed float64 NLL over the batch -> (nll_sum, n)."""
     logits, cache = model_forward(mc, tables, p, ctx)
-    return float(nll_rows(logits, y, overwrite=True, refill=_refill(mc, cache)).sum()), int(len(y))
+    nll = nll_rows(logits, y, overwrite=True, refill=_refill(_head_cache(mc, cache)))
+    return float(nll.sum()), int(len(y))

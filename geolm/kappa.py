@@ -24,6 +24,7 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from .graph import kappa_lookup
+from .jit import njit
 
 PUBLISHED = (1.0, 1.0)
 
@@ -54,6 +55,7 @@ def continuity_ref(X, prev, cur, pad_id, dtype=np.float32):
     return np.clip(cont, -1.0, 1.0).astype(dtype)
 
 
+@njit
 def _continuity_nb(Xt, xt, u, ok, out):
     # out [M,V] = clip((x_w - x_t).u / |x_w - x_t|, -1, 1), 0 where |x_w - x_t| <= 1e-6 or not ok[m]; float64 math
     # Xt [k,V] (coordinates transposed): every inner loop runs over w with unit stride, branch-free (vectorises)
@@ -83,22 +85,15 @@ def _continuity_nb(Xt, xt, u, ok, out):
             out[m, w] = c if dist > 1e-6 else 0.0
 
 
-_kernels = {}
-
-
-def continuity(X, prev, cur, pad_id, dtype=np.float32, out=None):
+def continuity(X, prev, cur, pad_id, dtype=np.float32):
     """cont [M,V]: cosine between the step x_t - x_s and each candidate step x_w - x_t (see module docstring).
 
     X [V,k] unit rows (classes only); prev, cur [M] int ids (PAD = pad_id or any id >= V gives a zero row).
     One fused Numba pass (float64 arithmetic, written in dtype); `continuity_ref` is the NumPy reference.
     """
-    if "c" not in _kernels:
-        from .jit import njit
-        _kernels["c"] = njit(_continuity_nb)
     X, xt, u, ok = _step_frames(X, prev, cur, pad_id)
-    if out is None:
-        out = np.empty((len(ok), X.shape[0]), dtype)
-    _kernels["c"](np.ascontiguousarray(X.T), xt, u, ok, out)
+    out = np.empty((len(ok), X.shape[0]), dtype)
+    _continuity_nb(np.ascontiguousarray(X.T), xt, u, ok, out)
     return out
 
 
