@@ -286,23 +286,25 @@ def run(cfg, *, progress=True, comm=None):
 
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
     jobs = _jobs(cfg, comm, len(need))
+    defer = jobs > 1 and not cfg.resume  # evaluations and kappa scoring become pool jobs (see _train_model)
     _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
                 pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs,
-                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho)
+                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, defer=defer)
     if jobs == 1:
-        done = map(_train_model, need)
+        for entries, _ in map(_train_models, [[n] for n in need]):
+            results.update(entries)  # also models trained only as the base of a kappa variant
     else:  # models in parallel processes, one BLAS thread each; a static balanced split of the estimated costs
         import multiprocessing
         bins = _balanced_bins(need, jobs, names)
         _log(f"training {len(need)} models in {jobs} processes (1 thread each): "
-             + " | ".join(",".join(b) for b in bins), comm)
-        pool = multiprocessing.get_context("fork").Pool(jobs)
-        done = pool.imap_unordered(_train_models, bins)
-    for entries in done:
-        results.update(entries)  # also models trained only as the base of a kappa variant
-    if jobs > 1:
-        pool.close()
-        pool.join()
+             + " | ".join(",".join(b) for b in bins) + "; evaluations queued to whichever process is free", comm)
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            pending = []
+            for entries, deferred in pool.imap_unordered(_train_models, bins):
+                results.update(entries)
+                pending += [pool.apply_async(_run_deferred, (j,)) for j in deferred]
+            done = [a.get() for a in pending]
+        _merge_deferred(results, done, out / "models", comm)
 
     results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
     summary = {"config": dataclasses.asdict(cfg), "data": data, "models": results,
@@ -348,11 +350,13 @@ def _balanced_bins(need, jobs, names=()):
 
 
 def _train_models(names):
-    """Train a list of models in order in this process -> {name: entry} (see _train_model)."""
-    out = {}
+    """Train a list of models in order in this process -> ({name: entry}, deferred jobs) (see _train_model)."""
+    out, deferred = {}, []
     for n in names:
-        out.update(_train_model(n))
-    return out
+        entries, jobs = _train_model(n)
+        out.update(entries)
+        deferred += jobs
+    return out, deferred
 
 
 def _jobs(cfg, comm, n_models):
@@ -369,9 +373,26 @@ def _log_every(spe):
     return next((d for d in range(min(spe, 400), 49, -1) if spe % d == 0), spe)
 
 
+def _model_config(name):
+    J = _JOB
+    cfg = J["cfg"]
+    return G.GeoModelConfig(name=name, Vi=J["pad"] + 1, V=J["V"], H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
+                            n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
+
+
+def _model_task(mc):
+    J = _JOB
+    return make_task(mc, J["tables"][mc.table_set], J["Xtr"], J["ytr"], J["Xva"], J["yva"], J["tok_hash"])
+
+
 def _train_model(name):
-    """Train one model with geolm.train.fit, then score the kappa variants built on it (in the same process, so they
-    overlap with other models' training) -> {name: results entry, kappa variant names: entries}."""
+    """Train one model with geolm.train.fit -> ({name: entry, kappa variant names: entries}, deferred jobs).
+
+    Sequential (one process): fit evaluates after every epoch and the kappa variants built on the model are scored
+    right after it. Parallel processes (_JOB["defer"]): fit trains without evaluating and this returns the jobs
+    instead, ("eval", name, step, theta snapshot) per epoch and ("kappa", variant, name, final theta), which the
+    pool runs on whichever process is free (_run_deferred): evaluations are small, independent pieces of work, so
+    the two processes end together however unequal their models are. Same numbers either way (one thread each)."""
     from .train import TrainConfig, fit
 
     J = _JOB
@@ -379,14 +400,19 @@ def _train_model(name):
     threads = 1 if J["jobs"] > 1 else cfg.threads
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
                        seed=cfg.seed, threads=threads, log_every=_log_every(J["spe"]), keep_checkpoints=1)
-    mc = G.GeoModelConfig(name=name, Vi=J["pad"] + 1, V=J["V"], H=cfg.dim, C=cfg.context, k=cfg.coord_dim,
-                          n_succ=cfg.successor_context, k_succ=cfg.successor_dim)
-    task = make_task(mc, J["tables"][mc.table_set], J["Xtr"], J["ytr"], J["Xva"], J["yva"], J["tok_hash"])
+    mc = _model_config(name)
+    task = _model_task(mc)
+    if J["defer"]:
+        task = dataclasses.replace(task, val_batches=lambda: iter(()))  # fit's evaluations come back empty
     theta = init_theta(mc, task.spec, cfg.seed)
     comm = J["comm"]
     _log(f"[{name}] {task.spec.size:,} parameters, {J['spe']} steps/epoch x {cfg.epochs} epochs", comm)
     t0 = time.perf_counter()
+    snapshots = []
+
     def on_eval(step, theta):  # one line per epoch when fit's own bar is off (parallel model processes)
+        if J["defer"]:
+            snapshots.append(("eval", name, step, theta.copy()))
         if not J["progress"]:
             _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
         return {}
@@ -398,12 +424,65 @@ def _train_model(name):
              "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,
              "train_seconds": res["seconds"], "params": int(task.spec.size), "best_val_ppl": res["best_val_ppl"],
              "skipped_steps": res["skipped"], "threads": threads}
-    _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
     out = {name: entry}
-    for kname, base in KAPPA.items():
-        if base == name and kname in J["names"]:
-            out.update(_kappa_entries(kname, mc, task.spec, theta))
-    return out
+    kappas = [k for k, base in KAPPA.items() if base == name and k in J["names"]]
+    if J["defer"]:
+        _log(f"[{name}] trained in {secs:.1f} s; {len(snapshots)} evaluations queued", comm)
+        # kappa first: the longest jobs, so the queue's tail is short evaluations
+        return out, [("kappa", k, name, theta.copy()) for k in kappas] + snapshots
+    _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
+    for kname in kappas:
+        out.update(_kappa_entries(kname, mc, task.spec, theta))
+    return out, []
+
+
+def _run_deferred(job):
+    """One queued job in a pool process (one thread) -> (kind, name, arg, result, seconds)."""
+    from .distributed import thread_limit
+    from .train import evaluate
+
+    kind, name, arg, theta = job  # arg: the step of an evaluation, the base model of a kappa variant
+    t0 = time.perf_counter()
+    with thread_limit(1, _JOB["comm"]):
+        if kind == "eval":
+            result = evaluate(_model_task(_model_config(name)), theta, _JOB["comm"])  # (val_loss, val_ppl)
+        else:
+            mc = _model_config(arg)
+            result = _kappa_entries(name, mc, _model_task(mc).spec, theta)
+    return kind, name, arg, result, time.perf_counter() - t0
+
+
+def _merge_deferred(results, done, models_dir, comm):
+    """Put the queued evaluations into results (per-epoch val_ppl, final val_ppl / val_loss, best_val_ppl, seconds
+    incl. evaluation) and append them to each model's metrics.jsonl; add the kappa entries."""
+    spe = _JOB["spe"]
+    evals = {}
+    for kind, name, step, result, secs in done:
+        if kind == "kappa":
+            results.update(result)
+            continue
+        evals.setdefault(name, []).append((step, result, secs))
+    for name, rows in evals.items():
+        e = results[name]
+        rows.sort(key=lambda r: r[0])
+        by_epoch = {int(round(step / spe)): res for step, res, _ in rows}
+        for ep in e["epochs"]:
+            if ep["epoch"] in by_epoch:
+                ep["val_ppl"] = by_epoch[ep["epoch"]][1]
+        e["val_loss"], e["val_ppl"] = rows[-1][1]
+        finite = [r[1][1] for r in rows if r[1][1] is not None and math.isfinite(r[1][1])]
+        e["best_val_ppl"] = min(finite) if finite else None
+        e["eval_seconds"] = sum(r[2] for r in rows)
+        e["seconds"] += e["eval_seconds"]
+        _log(f"[{name}] val ppl {e['val_ppl']:.2f}; {e['seconds']:.1f} s with evaluation", comm)
+        if comm.rank == 0:
+            best = None
+            with open(models_dir / name / "metrics.jsonl", "a") as f:
+                for step, (vl, vp), _ in rows:
+                    best = vp if best is None or (vp is not None and vp < best) else best
+                    f.write(json.dumps({"kind": "eval", "step": step, "epoch": int(round(step / spe)),
+                                        "val_loss": vl, "val_ppl": vp, "best_val_ppl": best,
+                                        "deferred": True}) + "\n")
 
 
 def _kappa_entries(kname, mc, spec, theta):

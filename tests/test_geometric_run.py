@@ -107,6 +107,30 @@ def test_resume_continues_to_the_same_result(tinystories, tmp_path):
 
 @pytest.mark.data
 @pytest.mark.slow
+def test_parallel_processes_with_queued_evaluations_match_sequential(tinystories, tmp_path):
+    # --jobs 2 trains without evaluating and queues every epoch's evaluation and the kappa scoring to whichever
+    # process is free: the results must be the very same numbers as --jobs 1 (fit evaluating in place)
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    args = ["--data", str(tinystories), *SMALL[:-6], "--models", "trigram,geo_abs,geo_abs_kappa", "--epochs", "2"]
+    assert _run([*args, "--jobs", "1", "--output", str(seq)]).returncode == 0
+    r = _run([*args, "--jobs", "2", "--output", str(par)])
+    assert r.returncode == 0, r.stderr[-1000:]
+    a = json.loads((seq / "results.json").read_text())["models"]
+    b = json.loads((par / "results.json").read_text())["models"]
+    assert a.keys() == b.keys() == {"trigram", "geo_abs", "geo_abs_kappa", "geo_abs_kappa_fit"}
+    for k in a:
+        for f in ("val_ppl", "val_loss", "best_val_ppl"):
+            assert a[k].get(f) == b[k].get(f), (k, f)
+        assert [(e["epoch"], e["val_ppl"]) for e in a[k]["epochs"]] == [(e["epoch"], e["val_ppl"])
+                                                                     for e in b[k]["epochs"]]
+    assert all(e["val_ppl"] > 0 for e in b["trigram"]["epochs"]) and len(b["trigram"]["epochs"]) == 2
+    recs = [json.loads(x) for x in (par / "models" / "trigram" / "metrics.jsonl").read_text().splitlines()]
+    queued = [x for x in recs if x.get("deferred")]
+    assert [x["epoch"] for x in queued] == [1, 2] and queued[-1]["val_ppl"] == b["trigram"]["val_ppl"]
+
+
+@pytest.mark.data
+@pytest.mark.slow
 def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
     pytest.importorskip("mpi4py")
     if shutil.which("mpiexec") is None:
