@@ -24,6 +24,7 @@ import numpy as np
 
 from .embedding import _embedding_backward_nb
 from .errors import ConfigError
+from .expsum import exp_rows
 from .jit import njit
 from .mlp import mlp_init_, mlp_shapes
 from .rotation import offsets_transported, pole, rotation_matrix
@@ -45,16 +46,22 @@ def _shift(logits):
 
 
 def _exp_rows(z, refill=None):
-    """z [B,V] -> exp(z - c) IN PLACE; -> (row sums s [B] in z's dtype, shift c [B,1] or None).
+    """z [B,V] -> exp(z - c) IN PLACE; -> (row sums s [B], shift c [B,1] or None).
 
-    With refill (a function that writes the original z back into the buffer), exp runs first without a shift and
-    the [B] sums are checked: all finite and > 1e-30 means every row max was within float range (no max pass);
-    otherwise (rare: a row max beyond ~+88 or below ~-69, or NaN) z is refilled and the shifted path runs."""
+    With refill (a function that writes the original z back into the buffer), exp runs first without a shift:
+    float32 through geolm.expsum (one vectorised pass, float64 sums, entries below -87 flushed to 0), else NumPy;
+    when no entry was NaN or above 88 (float32) and every row sum lies in (1e-30, dtype max) no max pass is needed;
+    otherwise
+    (rare: a row max beyond ~+88 or below ~-69, or NaN) z is refilled and the shifted path runs."""
     if refill is not None:
-        with np.errstate(over="ignore", under="ignore"):  # overflow is detected below and handled by the refill
-            np.exp(z, out=z)
-            s = z.sum(axis=1)
-        if np.all(np.isfinite(s)) and s.min() > 1e-30:
+        if z.dtype == np.float32 and z.flags.c_contiguous:
+            s, bad = exp_rows(z)
+        else:
+            with np.errstate(over="ignore", under="ignore"):  # overflow is detected below and handled by the refill
+                np.exp(z, out=z)
+                s = z.sum(axis=1)
+            bad = 0
+        if not bad and np.all(np.isfinite(s)) and s.min() > 1e-30 and s.max() < np.finfo(z.dtype).max:
             return s, None
         refill(z)
     c = _shift(z)

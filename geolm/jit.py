@@ -19,6 +19,9 @@ njit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
 # Reductions only (float64 accumulators): reassociation lets LLVM vectorise the sum (4.5x on 636k float32);
 # the result differs from the sequential sum only in the last bits of a float64.
 njit_reassoc = numba.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
+# Polynomial kernels (geolm.expsum): reassociation for the sums and FMA contraction for Horner steps (one rounding
+# instead of two: at least as accurate, ~1.3x faster).
+njit_poly = numba.njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True, error_model="numpy")
 njit_parallel = numba.njit(cache=True, fastmath=False, nogil=True, parallel=True, error_model="numpy")
 prange = numba.prange
 
