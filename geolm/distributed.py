@@ -120,6 +120,8 @@ def get_comm():
 
 def shard(idx, rank, size):
     """Rank's contiguous share of a global index batch (np.array_split: sizes differ by at most 1)."""
+    if size == 1:
+        return idx
     return np.array_split(np.asarray(idx), size)[rank]
 
 
