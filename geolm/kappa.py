@@ -113,14 +113,21 @@ def log_softmax(z):
 
 def biased_nll(logp, cont, kap, y, a, b):
     """Summed NLL of the re-weighted model and its gradient w.r.t. (a, b): -> (nll_sum, [dA, dB]) float64."""
-    z = logp + (a * cont - b * kap).astype(logp.dtype)  # [M,V]
-    m = z.max(axis=1, keepdims=True)
-    e = np.exp(z - m)  # [M,V]
-    s = e.sum(axis=1, dtype=np.float64)  # [M]
+    def fill(z):  # z = logp + (a cont - b kap), in that rounding order, without [M,V] temporaries but one
+        np.multiply(cont, a, out=z, dtype=z.dtype)
+        z -= np.multiply(kap, b, dtype=z.dtype)
+        z += logp
+
+    z = np.empty_like(logp)
+    fill(z)
     rows = np.arange(len(y))
-    nll = np.log(s) + m[:, 0] - z[rows, y]
-    p_dot_c = np.einsum("mv,mv->m", e, cont, dtype=np.float64) / s  # E_p'[cont]
-    p_dot_k = np.einsum("mv,mv->m", e, kap, dtype=np.float64) / s
+    zy = z[rows, y].astype(np.float64)
+    from .geometric import _exp_rows
+    s, c = _exp_rows(z, fill)  # z -> e = exp(z - c), s = row sums (one vectorised pass for float32)
+    s = s.astype(np.float64)
+    nll = np.log(s) - zy + (c[:, 0] if c is not None else 0.0)
+    p_dot_c = np.einsum("mv,mv->m", z, cont, dtype=np.float64) / s  # E_p'[cont]
+    p_dot_k = np.einsum("mv,mv->m", z, kap, dtype=np.float64) / s
     g = np.array([np.sum(p_dot_c - cont[rows, y]), -np.sum(p_dot_k - kap[rows, y])])
     return float(nll.sum()), g
 
@@ -169,16 +176,23 @@ def biased_nll_rows(logits, cont, D, cur, y, a, b, out=None):
     """Per-row NLL [M] float64 of the re-weighted model from RAW logits [M,V]: z = l + a cont - b D[cur]
     (D = `edge_bias`, rows of cur >= V get none), NLL = logsumexp(z) - z_y. out: optional [M,V] scratch."""
     from .geometric import nll_rows
-    z = np.multiply(cont, a, out=out, dtype=logits.dtype) if out is not None else (a * cont).astype(logits.dtype)
-    z += logits
+    V = D.shape[0]
     if b != 0.0:
-        V = D.shape[0]
         cur = np.asarray(cur, np.int64)
         live = np.flatnonzero(cur < V)
         R = D[cur[live]]  # csr [M',V]: the edges of each current token
         rows = live[np.repeat(np.arange(len(live)), np.diff(R.indptr))]
-        z[rows, R.indices] -= (b * R.data).astype(z.dtype)  # (row, col) pairs are unique within a csr row
-    return nll_rows(z, y, overwrite=True)
+        vals = (b * R.data).astype(logits.dtype)
+
+    def fill(z):
+        np.multiply(cont, a, out=z, dtype=logits.dtype)
+        z += logits
+        if b != 0.0:
+            z[rows, R.indices] -= vals  # (row, col) pairs are unique within a csr row
+
+    z = out if out is not None else np.empty_like(logits)
+    fill(z)
+    return nll_rows(z, y, overwrite=True, refill=fill)
 
 
 def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=2048, n_fit=4096):
