@@ -51,8 +51,7 @@ def _exp_rows(z, refill=None):
     With refill (a function that writes the original z back into the buffer), exp runs first without a shift:
     float32 through geolm.expsum (one vectorised pass, float64 sums, entries below -87 flushed to 0), else NumPy;
     when no entry was NaN or above 88 (float32) and every row sum lies in (1e-30, dtype max) no max pass is needed;
-    otherwise
-    (rare: a row max beyond ~+88 or below ~-69, or NaN) z is refilled and the shifted path runs."""
+    otherwise (rare: a row max beyond ~+88 or below ~-69, or NaN) z is refilled and the shifted path runs."""
     if refill is not None:
         if z.dtype == np.float32 and z.flags.c_contiguous:
             s, bad = exp_rows(z)

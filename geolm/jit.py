@@ -1,5 +1,5 @@
-"""The only Numba configuration in geolm: every kernel is `@njit` from here (cache=True, fastmath off,
-NumPy error model).
+"""The only Numba configuration in geolm: every kernel is decorated from here (cache=True, NumPy error model,
+fastmath off except the named reassociation / contraction variants below).
 
 Kernels compile lazily on first call (no signatures), so `import geolm` never compiles anything.
 NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (used by tests for coverage).
