@@ -225,7 +225,8 @@ def _epochs_from_history(history, spe):
             tr.setdefault(e, []).append(r["loss"])
         if r.get("kind") == "eval":
             e = int(round(r["step"] / spe))
-            out[e] = r.get("val_ppl")
+            if r.get("val_ppl") is not None or e not in out:  # a queued evaluation's record follows fit's empty one
+                out[e] = r.get("val_ppl")
     return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e]}
             for e in sorted(out)]
 
@@ -286,7 +287,7 @@ def run(cfg, *, progress=True, comm=None):
 
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
     jobs = _jobs(cfg, comm, len(need))
-    defer = jobs > 1 and not cfg.resume  # evaluations and kappa scoring become pool jobs (see _train_model)
+    defer = jobs > 1  # evaluations and kappa scoring become pool jobs (see _train_model)
     _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
                 pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs,
                 X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, defer=defer)
@@ -389,10 +390,12 @@ def _train_model(name):
     """Train one model with geolm.train.fit -> ({name: entry, kappa variant names: entries}, deferred jobs).
 
     Sequential (one process): fit evaluates after every epoch and the kappa variants built on the model are scored
-    right after it. Parallel processes (_JOB["defer"]): fit trains without evaluating and this returns the jobs
-    instead, ("eval", name, step, theta snapshot) per epoch and ("kappa", variant, name, final theta), which the
-    pool runs on whichever process is free (_run_deferred): evaluations are small, independent pieces of work, so
-    the two processes end together however unequal their models are. Same numbers either way (one thread each)."""
+    right after it. Parallel processes (_JOB["defer"]): fit trains without evaluating; each epoch's parameters are
+    saved as DIR/models/<name>/eval_<step>.npy and this returns the jobs instead, ("eval", name, step, snapshot
+    path) per epoch and ("kappa", variant, name, final theta), which the pool runs on whichever process is free
+    (_run_deferred): evaluations are small, independent pieces of work, so the two processes end together however
+    unequal their models are. Same numbers either way (one thread each). A snapshot is deleted once its evaluation
+    is merged (_merge_deferred); snapshots left by an interrupted run are evaluated when it is resumed."""
     from .train import TrainConfig, fit
 
     J = _JOB
@@ -406,34 +409,62 @@ def _train_model(name):
         task = dataclasses.replace(task, val_batches=lambda: iter(()))  # fit's evaluations come back empty
     theta = init_theta(mc, task.spec, cfg.seed)
     comm = J["comm"]
+    run_dir = Path(cfg.output) / "models" / name
     _log(f"[{name}] {task.spec.size:,} parameters, {J['spe']} steps/epoch x {cfg.epochs} epochs", comm)
     t0 = time.perf_counter()
-    snapshots = []
 
     def on_eval(step, theta):  # one line per epoch when fit's own bar is off (parallel model processes)
-        if J["defer"]:
-            snapshots.append(("eval", name, step, theta.copy()))
+        if J["defer"] and comm.rank == 0:
+            _save_snapshot(run_dir, step, theta)
         if not J["progress"]:
             _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
         return {}
 
-    res = fit(task, theta, tcfg, Path(cfg.output) / "models" / name, resume=cfg.resume, progress=J["progress"],
-              comm=comm, on_eval=on_eval)
+    res = fit(task, theta, tcfg, run_dir, resume=cfg.resume, progress=J["progress"], comm=comm, on_eval=on_eval)
     secs = time.perf_counter() - t0
     entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
              "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,
              "train_seconds": res["seconds"], "params": int(task.spec.size), "best_val_ppl": res["best_val_ppl"],
-             "skipped_steps": res["skipped"], "threads": threads}
+             "skipped_steps": res["skipped"], "threads": threads, "final_step": res["steps_done"]}
     out = {name: entry}
     kappas = [k for k, base in KAPPA.items() if base == name and k in J["names"]]
+    evals = [("eval", name, step, str(path)) for step, path in _snapshots(run_dir, res["steps_done"])]
     if J["defer"]:
-        _log(f"[{name}] trained in {secs:.1f} s; {len(snapshots)} evaluations queued", comm)
+        _log(f"[{name}] trained in {secs:.1f} s; {len(evals)} evaluations queued", comm)
         # kappa first: the longest jobs, so the queue's tail is short evaluations
-        return out, [("kappa", k, name, theta.copy()) for k in kappas] + snapshots
-    _log(f"[{name}] val ppl {res['final_val_ppl']:.2f} in {secs:.1f} s", comm)
+        return out, [("kappa", k, name, theta.copy()) for k in kappas] + evals
+    if evals:  # snapshots an interrupted parallel run left behind
+        _merge_deferred(out, [_run_deferred(j) for j in evals], Path(cfg.output) / "models", comm)
+    _log(f"[{name}] val ppl {_fmt(entry['val_ppl'])} in {secs:.1f} s", comm)
     for kname in kappas:
         out.update(_kappa_entries(kname, mc, task.spec, theta))
     return out, []
+
+
+def _fmt(ppl):
+    return "-" if ppl is None else f"{ppl:.2f}"
+
+
+def _save_snapshot(run_dir, step, theta):
+    """theta -> run_dir/eval_<step>.npy, atomically (a cut write leaves no file that looks complete)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".eval_{step:09d}.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, theta)
+    os.replace(tmp, run_dir / f"eval_{step:09d}.npy")
+
+
+def _snapshots(run_dir, last_step):
+    """[(step, path)] of the parameter snapshots waiting in run_dir for evaluation (steps <= last_step)."""
+    out = []
+    for path in sorted(run_dir.glob("eval_*.npy")):
+        try:
+            step = int(path.stem[5:])
+        except ValueError:
+            continue
+        if step <= last_step:
+            out.append((step, path))
+    return out
 
 
 def _run_deferred(job):
@@ -441,11 +472,11 @@ def _run_deferred(job):
     from .distributed import thread_limit
     from .train import evaluate
 
-    kind, name, arg, theta = job  # arg: the step of an evaluation, the base model of a kappa variant
+    kind, name, arg, theta = job  # eval: (step, snapshot path); kappa: (base model, final theta)
     t0 = time.perf_counter()
     with thread_limit(1, _JOB["comm"]):
         if kind == "eval":
-            result = evaluate(_model_task(_model_config(name)), theta, _JOB["comm"])  # (val_loss, val_ppl)
+            result = evaluate(_model_task(_model_config(name)), np.load(theta), _JOB["comm"])  # (val_loss, val_ppl)
         else:
             mc = _model_config(arg)
             result = _kappa_entries(name, mc, _model_task(mc).spec, theta)
@@ -454,7 +485,7 @@ def _run_deferred(job):
 
 def _merge_deferred(results, done, models_dir, comm):
     """Put the queued evaluations into results (per-epoch val_ppl, final val_ppl / val_loss, best_val_ppl, seconds
-    incl. evaluation) and append them to each model's metrics.jsonl; add the kappa entries."""
+    incl. evaluation), append them to each model's metrics.jsonl, delete their snapshots; add the kappa entries."""
     spe = _JOB["spe"]
     evals = {}
     for kind, name, step, result, secs in done:
@@ -466,15 +497,20 @@ def _merge_deferred(results, done, models_dir, comm):
         e = results[name]
         rows.sort(key=lambda r: r[0])
         by_epoch = {int(round(step / spe)): res for step, res, _ in rows}
+        known = {ep["epoch"] for ep in e["epochs"]}
+        e["epochs"] += [{"epoch": k, "train_loss": None, "val_ppl": None} for k in sorted(by_epoch) if k not in known]
+        e["epochs"].sort(key=lambda ep: ep["epoch"])
         for ep in e["epochs"]:
             if ep["epoch"] in by_epoch:
                 ep["val_ppl"] = by_epoch[ep["epoch"]][1]
-        e["val_loss"], e["val_ppl"] = rows[-1][1]
-        finite = [r[1][1] for r in rows if r[1][1] is not None and math.isfinite(r[1][1])]
+        for step, (vl, vp), _ in rows:
+            if step == e["final_step"]:
+                e["val_loss"], e["val_ppl"] = vl, vp
+        finite = [ep["val_ppl"] for ep in e["epochs"] if ep["val_ppl"] is not None and math.isfinite(ep["val_ppl"])]
         e["best_val_ppl"] = min(finite) if finite else None
         e["eval_seconds"] = sum(r[2] for r in rows)
         e["seconds"] += e["eval_seconds"]
-        _log(f"[{name}] val ppl {e['val_ppl']:.2f}; {e['seconds']:.1f} s with evaluation", comm)
+        _log(f"[{name}] val ppl {_fmt(e['val_ppl'])}; {e['seconds']:.1f} s with evaluation", comm)
         if comm.rank == 0:
             best = None
             with open(models_dir / name / "metrics.jsonl", "a") as f:
@@ -483,6 +519,8 @@ def _merge_deferred(results, done, models_dir, comm):
                     f.write(json.dumps({"kind": "eval", "step": step, "epoch": int(round(step / spe)),
                                         "val_loss": vl, "val_ppl": vp, "best_val_ppl": best,
                                         "deferred": True}) + "\n")
+            for step, _, _ in rows:
+                (models_dir / name / f"eval_{step:09d}.npy").unlink(missing_ok=True)
 
 
 def _kappa_entries(kname, mc, spec, theta):

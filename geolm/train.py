@@ -270,7 +270,8 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
             task.rng.bit_generator.state = tr["rng"]
         history = info["history"]
         last_ckpt = [Path(info["path"]), info["step"]]
-        done = [r for r in history if r.get("kind") == "eval" and r.get("step") == info["step"]]
+        done = [r for r in history if r.get("kind") == "eval" and r.get("step") == info["step"]
+                and r.get("val_loss") is not None]  # an empty (deferred, see geometric_run) evaluation is not done
     comm.bcast(theta)  # ranks cannot start apart
     if not np.isfinite(theta).all():
         raise NumericalError("the initial parameters contain NaN or Inf; check the model's initialisation")

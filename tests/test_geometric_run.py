@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geolm.errors import ConfigError
@@ -38,6 +39,11 @@ def test_epochs_from_history():
          {"kind": "eval", "step": 7, "val_ppl": 8.0}]
     assert _epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0},
                                           {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0}]
+    # parallel runs: fit's empty evaluation record, then the queued evaluation's (either order); a lost one stays None
+    h2 = [{"kind": "eval", "step": 4, "val_ppl": None}, {"kind": "eval", "step": 4, "val_ppl": 9.0, "deferred": True},
+          {"kind": "eval", "step": 8, "val_ppl": 7.0}, {"kind": "eval", "step": 8, "val_ppl": None},
+          {"kind": "eval", "step": 12, "val_ppl": None}]
+    assert [e["val_ppl"] for e in _epochs_from_history(h2, 4)] == [9.0, 7.0, None]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -127,6 +133,34 @@ def test_parallel_processes_with_queued_evaluations_match_sequential(tinystories
     recs = [json.loads(x) for x in (par / "models" / "trigram" / "metrics.jsonl").read_text().splitlines()]
     queued = [x for x in recs if x.get("deferred")]
     assert [x["epoch"] for x in queued] == [1, 2] and queued[-1]["val_ppl"] == b["trigram"]["val_ppl"]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories, tmp_path):
+    # simulate a parallel run whose parent died after training trigram but before merging its last evaluation:
+    # the epoch-2 snapshot is on disk, its queued record is not in metrics.jsonl; --resume must finish the job
+    from geolm.checkpoint import load_checkpoint
+    out = tmp_path / "run"
+    args = ["--data", str(tinystories), *SMALL[:-6], "--models", "trigram,geo_abs", "--epochs", "2", "--jobs", "2",
+            "--output", str(out)]
+    assert _run(args).returncode == 0
+    ref = json.loads((out / "results.json").read_text())["models"]
+    mdir = out / "models" / "trigram"
+    ck = load_checkpoint(mdir)
+    np.save(mdir / f"eval_{ck.step:09d}.npy", ck.theta)
+    recs = (mdir / "metrics.jsonl").read_text().splitlines()
+    keep = [r for r in recs if not (json.loads(r).get("deferred") and json.loads(r)["step"] == ck.step)]
+    assert len(keep) == len(recs) - 1
+    (mdir / "metrics.jsonl").write_text("".join(r + "\n" for r in keep))
+    (out / "results.json").unlink()
+    r = _run(args + ["--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    got = json.loads((out / "results.json").read_text())["models"]
+    for k in ("trigram", "geo_abs"):
+        assert got[k]["val_ppl"] == ref[k]["val_ppl"]
+        assert [e["val_ppl"] for e in got[k]["epochs"]] == [e["val_ppl"] for e in ref[k]["epochs"]]
+    assert not list(mdir.glob("eval_*.npy"))
 
 
 @pytest.mark.data
