@@ -290,21 +290,20 @@ def run(cfg, *, progress=True, comm=None):
     defer = jobs > 1  # evaluations and kappa scoring become pool jobs (see _train_model)
     _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
                 pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs,
-                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, defer=defer)
+                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, defer=defer, stop=None)
     if jobs == 1:
-        for entries, _ in map(_train_models, [[n] for n in need]):
+        for entries, _, _ in map(_train_models, [[n] for n in need]):
             results.update(entries)  # also models trained only as the base of a kappa variant
     else:  # models in parallel processes, one BLAS thread each; a static balanced split of the estimated costs
         import multiprocessing
         bins = _balanced_bins(need, jobs, names)
         _log(f"training {len(need)} models in {jobs} processes (1 thread each): "
              + " | ".join(",".join(b) for b in bins) + "; evaluations queued to whichever process is free", comm)
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            pending = []
-            for entries, deferred in pool.imap_unordered(_train_models, bins):
-                results.update(entries)
-                pending += [pool.apply_async(_run_deferred, (j,)) for j in deferred]
-            done = [a.get() for a in pending]
+        from concurrent.futures import ProcessPoolExecutor
+        ctx = multiprocessing.get_context("fork")
+        _JOB["stop"] = ctx.Event()  # inherited by the forked workers: fit's should_stop
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+            done = _run_pool(pool, bins, results)
         _merge_deferred(results, done, out / "models", comm)
 
     results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
@@ -351,13 +350,85 @@ def _balanced_bins(need, jobs, names=()):
 
 
 def _train_models(names):
-    """Train a list of models in order in this process -> ({name: entry}, deferred jobs) (see _train_model)."""
+    """Train a list of models in order in this process -> ({name: entry}, deferred jobs, interrupted) (see
+    _train_model). In a pool process an interrupt (fit checkpointed and raised TrainingInterrupted, a SystemExit
+    that would kill the worker and leave its task unanswered) comes back as interrupted = exit code."""
+    from .train import TrainingInterrupted
+
     out, deferred = {}, []
     for n in names:
-        entries, jobs = _train_model(n)
+        try:
+            entries, jobs = _train_model(n)
+        except TrainingInterrupted as e:
+            if _JOB["jobs"] == 1:
+                raise
+            return out, deferred, int(e.code)
         out.update(entries)
         deferred += jobs
-    return out, deferred
+    return out, deferred, None
+
+
+def _worker_init():
+    """Pool processes ignore SIGINT outside fit (in fit it means: checkpoint and stop), so Ctrl-C never prints a
+    worker's traceback; the parent stops training workers through _JOB["stop"] (see _run_pool)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_pool(pool, bins, results):
+    """Train the bins in the pool (a ProcessPoolExecutor), queueing each bin's deferred jobs as it finishes -> the
+    finished jobs' results.
+
+    SIGINT/SIGTERM to this process, or a worker stopped by one: the stop event is set, training workers checkpoint
+    and stop after their current step, queued jobs are cancelled and running ones finish (their snapshots otherwise
+    stay on disk for --resume); then TrainingInterrupted (exit 130 / 143) with the resume line. No process is killed,
+    so no queue lock is left held. A worker that dies (e.g. out of memory) fails its job: a DataError, not a hang."""
+    import concurrent.futures as cf
+    import signal
+
+    from .errors import GeolmError
+    from .train import TrainingInterrupted
+
+    got = {}
+    old = {s: signal.signal(s, lambda signum, frame: got.setdefault("signum", signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train = {pool.submit(_train_models, b) for b in bins}
+        jobs, done = set(), []
+        while train or jobs:
+            if "signum" in got:
+                _JOB["stop"].set()
+                for f in jobs:
+                    f.cancel()
+            finished, _ = cf.wait(train | jobs, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                (train if f in train else jobs).discard(f)
+                if f.cancelled():
+                    continue
+                try:
+                    res = f.result()
+                except cf.process.BrokenProcessPool as e:
+                    if "signum" in got:
+                        continue
+                    raise GeolmError(f"a model process died ({e}); free memory or pass --jobs 1, then rerun with "
+                                     "--resume") from None
+                if len(res) == 3:  # a training bin: (entries, deferred jobs, interrupted exit code or None)
+                    entries, deferred, intr = res
+                    results.update(entries)
+                    if intr is not None:
+                        got.setdefault("signum", signal.SIGTERM if intr == 143 else signal.SIGINT)
+                    elif "signum" not in got:
+                        jobs |= {pool.submit(_run_deferred, j) for j in deferred}
+                else:
+                    done.append(res)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if "signum" in got:
+        sys.stderr.write(f"interrupted; checkpoints and evaluation snapshots are in {Path(_JOB['cfg'].output)}"
+                         f"/models; resume with the same command plus --resume\n")
+        raise TrainingInterrupted(143 if got["signum"] == signal.SIGTERM else 130, 0, Path(_JOB["cfg"].output))
+    return done
 
 
 def _jobs(cfg, comm, n_models):
@@ -420,7 +491,11 @@ def _train_model(name):
             _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
         return {}
 
-    res = fit(task, theta, tcfg, run_dir, resume=cfg.resume, progress=J["progress"], comm=comm, on_eval=on_eval)
+    stop = J.get("stop")
+    from .checkpoint import latest_checkpoint
+    resume = cfg.resume and latest_checkpoint(run_dir) is not None  # a model the interrupted run never began starts
+    res = fit(task, theta, tcfg, run_dir, resume=resume, progress=J["progress"], comm=comm, on_eval=on_eval,
+              resume_hint="the same command plus --resume", should_stop=stop.is_set if stop is not None else None)
     secs = time.perf_counter() - t0
     entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
              "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,

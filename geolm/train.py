@@ -202,14 +202,17 @@ def evaluate(task, theta, comm=None):
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def fit(task, theta, tcfg, run_dir, *, resume=False, on_eval=None, progress=True, extra_state=None, comm=None):
+def fit(task, theta, tcfg, run_dir, *, resume=False, on_eval=None, progress=True, extra_state=None, comm=None,
+        resume_hint=None, should_stop=None):
     """Train theta (1-D flat buffer, updated in place) on task; rank 0 writes run_dir/metrics.jsonl and checkpoints.
 
     resume=True continues from run_dir's newest checkpoint (bit-exact). on_eval(step, theta) -> dict is called on
     rank 0 at each evaluation and merged into its record. extra_state: {name: array or JSON value} stored in every
     checkpoint (read back with load_checkpoint(...).extra). Returns dict(history, final_val_ppl, val_loss,
     best_val_ppl, steps_done, skipped, seconds, checkpoint, lr_scale).
-    Raises NumericalError after max_bad_steps non-finite steps in a row, TrainingInterrupted on SIGINT/SIGTERM.
+    Raises NumericalError after max_bad_steps non-finite steps in a row, TrainingInterrupted on SIGINT/SIGTERM
+    (after a checkpoint, with the line "interrupted at step N; resume with <resume_hint or --resume run_dir>"), and
+    the same as for SIGTERM when should_stop() (checked after every step) turns true.
     """
     comm = comm or get_comm()
     if not isinstance(theta, np.ndarray) or theta.ndim != 1 or theta.shape[0] != task.spec.size \
@@ -218,10 +221,11 @@ def fit(task, theta, tcfg, run_dir, *, resume=False, on_eval=None, progress=True
                          f"got {getattr(theta, 'shape', None)} {getattr(theta, 'dtype', None)}")
     require(task.n_train > 0, "max_train", "the training set is empty; pass more training data")
     with thread_limit(tcfg.threads, comm):
-        return _fit(task, theta, tcfg, Path(run_dir), resume, on_eval, progress, extra_state, comm)
+        return _fit(task, theta, tcfg, Path(run_dir), resume, on_eval, progress, extra_state, comm, resume_hint,
+                    should_stop)
 
 
-def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, comm):
+def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, comm, resume_hint, should_stop):
     from .batches import EpochSampler
 
     root = comm.rank == 0
@@ -337,8 +341,9 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                 else:
                     grad[:] = 0.0
                     loss, n, stats = 0.0, 0, {}
+                stop = int(should_stop is not None and bool(should_stop()))
                 loss, n, (n_int, n_term) = global_mean(comm, buf, loss, n,
-                                                       (sig.got[signal.SIGINT], sig.got[signal.SIGTERM]))
+                                                       (sig.got[signal.SIGINT], sig.got[signal.SIGTERM] + stop))
                 with np.errstate(all="ignore"):
                     norm = global_norm(grad)
                 if math.isfinite(loss) and math.isfinite(norm):
@@ -407,7 +412,8 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
         checkpoint()
         log(dict(kind="interrupt", step=st["step"], code=stop_code))
         if root:
-            print(f"interrupted at step {st['step']}; resume with --resume {run_dir}", file=sys.stderr)
+            print(f"interrupted at step {st['step']}; resume with {resume_hint or f'--resume {run_dir}'}",
+                  file=sys.stderr)
         raise TrainingInterrupted(stop_code, st["step"], run_dir)
     if last_eval[2] != st["step"]:
         do_eval(st["step"] // sampler.steps_per_epoch)

@@ -165,6 +165,35 @@ def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories
 
 @pytest.mark.data
 @pytest.mark.slow
+def test_sigterm_to_a_parallel_run_stops_cleanly_and_resumes_to_the_same_results(tinystories, tmp_path):
+    import signal
+    args = ["--data", str(tinystories), "--max-train-stories", "1000", "--max-val-stories", "50", "--epochs", "3",
+            "--vocab-size", "400", "--kappa-holdout", "20", "--dim", "32", "--successor-dim", "4",
+            "--models", "trigram,geo_abs,geo_rot", "--jobs", "2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert _run([*args, "--output", str(ref)]).returncode == 0
+    p = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--output", str(out)], stderr=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, text=True, env={**os.environ, "GEOLM_MPI": "0"})
+    lines = []
+    for line in p.stderr:  # signal the parent only, once the first model is mid-training
+        lines.append(line)
+        if "epoch 1/3" in line:
+            p.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + p.stderr.read()
+    assert p.wait(timeout=120) == 143, err[-2000:]
+    assert "resume with the same command plus --resume" in err and "Traceback" not in err
+    r = _run([*args, "--output", str(out), "--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    a = json.loads((ref / "results.json").read_text())["models"]
+    b = json.loads((out / "results.json").read_text())["models"]
+    for k in ("trigram", "geo_abs", "geo_rot"):
+        assert [e["val_ppl"] for e in a[k]["epochs"]] == [e["val_ppl"] for e in b[k]["epochs"]], k
+    assert not list((out / "models").glob("*/eval_*.npy"))
+
+
+@pytest.mark.data
+@pytest.mark.slow
 def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
     pytest.importorskip("mpi4py")
     if shutil.which("mpiexec") is None:
