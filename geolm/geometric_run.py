@@ -30,7 +30,7 @@ KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
 ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
               "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
               "geo_successor_shuffled")
-EVAL_BATCH = 2048
+EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay in cache for the exp pass (4 % faster than 2048)
 
 
 @dataclass(frozen=True)
