@@ -344,8 +344,7 @@ def _fit(task, theta, tcfg, run_dir, resume, on_eval, progress, extra_state, com
                 stop = int(should_stop is not None and bool(should_stop()))
                 loss, n, (n_int, n_term) = global_mean(comm, buf, loss, n,
                                                        (sig.got[signal.SIGINT], sig.got[signal.SIGTERM] + stop))
-                with np.errstate(all="ignore"):
-                    norm = global_norm(grad)
+                norm = global_norm(grad)  # a Numba reduction: inf/NaN come back as values, no NumPy warnings
                 if math.isfinite(loss) and math.isfinite(norm):
                     adam_step(theta, grad, adam, lr, tcfg.b1, tcfg.b2, tcfg.adam_eps, tcfg.weight_decay,
                               grad_scale=clip_scale(norm, tcfg.clip))
