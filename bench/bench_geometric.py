@@ -175,7 +175,8 @@ def main(argv=None):
                   f"{1e3 * t_ev:>9.1f}{t5:>8.1f}")
             rows.append(dict(what=name, threads=lab, params=spec.size, lg_s=t_lg, step_s=t_st,
                              examples_per_s=B / t_st, gflops_step=F / t_st / 1e9, frac_peak_lg=F / t_lg / 1e9 / peak,
-                             frac_peak_step=F / t_st / 1e9 / peak, eval_batch_s=t_ev, eval_batch=EVAL_BATCH, projected_5ep_s=t5))
+                             frac_peak_step=F / t_st / 1e9 / peak, eval_batch_s=t_ev, eval_batch=EVAL_BATCH,
+                             projected_5ep_s=t5))
     print(f"\nprojected table ({', '.join(n for n in TABLE if n in names)}; {spe} steps/epoch, {n_eval} eval batches,"
           f" {sh['epochs']} epochs; bigram and kappa re-weighting add seconds):")
     print(f"  sequential, all threads: {proj[0]:.0f} s;  2 processes x 1 thread (--jobs 2): {proj[1] / 2:.0f} s "

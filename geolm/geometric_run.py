@@ -30,7 +30,7 @@ KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
 ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
               "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
               "geo_successor_shuffled")
-EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay in cache for the exp pass (4 % faster than 2048)
+EVAL_BATCH = 512  # positions per evaluation forward: [512, V] logits stay in cache for the exp pass (4 % vs 2048)
 
 
 @dataclass(frozen=True)
@@ -287,10 +287,9 @@ def run(cfg, *, progress=True, comm=None):
 
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
     jobs = _jobs(cfg, comm, len(need))
-    defer = jobs > 1  # evaluations and kappa scoring become pool jobs (see _train_model)
     _JOB.update(cfg=cfg, tables=geo["tables"], Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, tok_hash=tok.hash, V=V,
                 pad=pad, spe=spe, comm=comm, progress=progress and jobs == 1, names=names, jobs=jobs,
-                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, defer=defer, stop=None)
+                X=geo["X"], A=geo["A"], Xho=Xho, yho=yho, stop=None)
     if jobs == 1:
         for entries, _, _ in map(_train_models, [[n] for n in need]):
             results.update(entries)  # also models trained only as the base of a kappa variant
@@ -382,7 +381,8 @@ def _run_pool(pool, bins, results):
     SIGINT/SIGTERM to this process, or a worker stopped by one: the stop event is set, training workers checkpoint
     and stop after their current step, queued jobs are cancelled and running ones finish (their snapshots otherwise
     stay on disk for --resume); then TrainingInterrupted (exit 130 / 143) with the resume line. No process is killed,
-    so no queue lock is left held. A worker that dies (e.g. out of memory) fails its job: a DataError, not a hang."""
+    so no queue lock is left held. A worker that dies (e.g. out of memory) ends the run with a one-line GeolmError,
+    not a hang."""
     import concurrent.futures as cf
     import signal
 
@@ -461,22 +461,24 @@ def _train_model(name):
     """Train one model with geolm.train.fit -> ({name: entry, kappa variant names: entries}, deferred jobs).
 
     Sequential (one process): fit evaluates after every epoch and the kappa variants built on the model are scored
-    right after it. Parallel processes (_JOB["defer"]): fit trains without evaluating; each epoch's parameters are
+    right after it. Parallel processes (_JOB["jobs"] > 1): fit trains without evaluating; each epoch's parameters are
     saved as DIR/models/<name>/eval_<step>.npy and this returns the jobs instead, ("eval", name, step, snapshot
     path) per epoch and ("kappa", variant, name, final theta), which the pool runs on whichever process is free
     (_run_deferred): evaluations are small, independent pieces of work, so the two processes end together however
     unequal their models are. Same numbers either way (one thread each). A snapshot is deleted once its evaluation
     is merged (_merge_deferred); snapshots left by an interrupted run are evaluated when it is resumed."""
+    from .checkpoint import latest_checkpoint
     from .train import TrainConfig, fit
 
     J = _JOB
     cfg = J["cfg"]
-    threads = 1 if J["jobs"] > 1 else cfg.threads
+    parallel = J["jobs"] > 1
+    threads = 1 if parallel else cfg.threads
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
                        seed=cfg.seed, threads=threads, log_every=_log_every(J["spe"]), keep_checkpoints=1)
     mc = _model_config(name)
     task = _model_task(mc)
-    if J["defer"]:
+    if parallel:
         task = dataclasses.replace(task, val_batches=lambda: iter(()))  # fit's evaluations come back empty
     theta = init_theta(mc, task.spec, cfg.seed)
     comm = J["comm"]
@@ -485,14 +487,13 @@ def _train_model(name):
     t0 = time.perf_counter()
 
     def on_eval(step, theta):  # one line per epoch when fit's own bar is off (parallel model processes)
-        if J["defer"] and comm.rank == 0:
+        if parallel and comm.rank == 0:
             _save_snapshot(run_dir, step, theta)
         if not J["progress"]:
             _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
         return {}
 
     stop = J.get("stop")
-    from .checkpoint import latest_checkpoint
     resume = cfg.resume and latest_checkpoint(run_dir) is not None  # a model the interrupted run never began starts
     res = fit(task, theta, tcfg, run_dir, resume=resume, progress=J["progress"], comm=comm, on_eval=on_eval,
               resume_hint="the same command plus --resume", should_stop=stop.is_set if stop is not None else None)
@@ -504,7 +505,7 @@ def _train_model(name):
     out = {name: entry}
     kappas = [k for k, base in KAPPA.items() if base == name and k in J["names"]]
     evals = [("eval", name, step, str(path)) for step, path in _snapshots(run_dir, res["steps_done"])]
-    if J["defer"]:
+    if parallel:
         _log(f"[{name}] trained in {secs:.1f} s; {len(evals)} evaluations queued", comm)
         # kappa first: the longest jobs, so the queue's tail is short evaluations
         return out, [("kappa", k, name, theta.copy()) for k in kappas] + evals
@@ -520,13 +521,18 @@ def _fmt(ppl):
     return "-" if ppl is None else f"{ppl:.2f}"
 
 
+def _snapshot_path(run_dir, step):
+    return Path(run_dir) / f"eval_{step:09d}.npy"
+
+
 def _save_snapshot(run_dir, step, theta):
     """theta -> run_dir/eval_<step>.npy, atomically (a cut write leaves no file that looks complete)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".eval_{step:09d}.npy.tmp"
+    path = _snapshot_path(run_dir, step)
+    tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, theta)
-    os.replace(tmp, run_dir / f"eval_{step:09d}.npy")
+    os.replace(tmp, path)
 
 
 def _snapshots(run_dir, last_step):
@@ -595,7 +601,7 @@ def _merge_deferred(results, done, models_dir, comm):
                                         "val_loss": vl, "val_ppl": vp, "best_val_ppl": best,
                                         "deferred": True}) + "\n")
             for step, _, _ in rows:
-                (models_dir / name / f"eval_{step:09d}.npy").unlink(missing_ok=True)
+                _snapshot_path(models_dir / name, step).unlink(missing_ok=True)
 
 
 def _kappa_entries(kname, mc, spec, theta):
@@ -655,6 +661,6 @@ def table(summary):
     rows = [f"{'model':<24}{'params':>12}{'val ppl':>12}{'seconds':>10}"]
     for name, r in summary["models"].items():
         v = r.get("val_ppl")
-        rows.append(f"{name:<24}{r.get('params', 0):>12,}{(f'{v:.2f}' if v is not None else '-'):>12}"
+        rows.append(f"{name:<24}{r.get('params', 0):>12,}{_fmt(v):>12}"
                     f"{r.get('seconds', 0.0):>10.1f}")
     return "\n".join(rows)

@@ -50,7 +50,7 @@ def test_exp_rows_counts_unsafe_entries(rng, val):
 
 
 def test_exp_rows_dense_grid_accuracy():
-    # every float32 step over a few binades + the whole safe range on a grid
+    # a fine grid over the whole safe range and a finer one over [-1, 1]
     z = np.concatenate([np.linspace(-87.0, 88.0, 200001), np.linspace(-1.0, 1.0, 100001)]).astype(np.float32)
     e = z[None].copy()
     exp_rows(e)
