@@ -1,9 +1,10 @@
 """Geometric LMs: examples/s of every trained model's training step, the MLP loop's fraction of the matmul peak,
 and the projected (or, with --table, measured) wall time of the whole 2k-story, 5-epoch table.
 
-    python bench/bench_geometric.py              # V = 3550 (the 2k-story vocabulary), B = 128, H = 64, C = 8
+    python bench/bench_geometric.py              # V = 3297 (the 2k-story vocabulary), B = 128, H = 64, C = 8
     python bench/bench_geometric.py --quick      # tiny shapes (CI smoke test)
     python bench/bench_geometric.py --table --data ../shared/data/tinystories   # run the real table (minutes)
+    python bench/bench_geometric.py --pairs      # two processes side by side: the shared-cache slowdown
 
 Step = what geolm.train.fit does per batch: task.loss_and_grads (zero grad, features, forward, fused in-place
 softmax cross-entropy, backward) + global norm + clip + Adam. Timed with 1 BLAS thread and with all threads.
@@ -14,6 +15,9 @@ FLOPs (GEMMs only, 2 m n k): forward 2 B F H + 2 B H V (row lookups count as non
 matmul peak measured with the same thread count.
 Projection of the table: epochs x (steps/epoch x step + eval batches x eval forward), summed over models;
 "2 procs" = the sum of 1-thread times / 2 (geometric_run --jobs 2 trains two models at a time, one thread each).
+--pairs: ms per training step of a model alone (one process, one thread) and while a second process runs another
+model's steps (or, as the control, "compute": an in-cache [64,128] @ [128,128] GEMM loop that uses the core but
+hardly any memory): the slowdown two table processes inflict on each other through the shared L3 and memory.
 """
 import argparse
 import os
@@ -33,10 +37,11 @@ from geolm.mlp import mlp_backward, mlp_forward  # noqa: E402
 from geolm.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
 from geolm.params import ParamSpec  # noqa: E402
 
-FULL = dict(V=3550, B=128, H=64, C=8, k=3, K=4, n_succ=2, k_succ=32, train=420_000, val=205_000, epochs=5)
+FULL = dict(V=3297, B=128, H=64, C=8, k=3, K=4, n_succ=2, k_succ=32, train=425_866, val=199_329, epochs=5)
 QUICK = dict(V=300, B=32, H=16, C=8, k=3, K=4, n_succ=2, k_succ=8, train=20_000, val=5_000, epochs=1)
 TABLE = ("trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "geo_attention", "geo_shuffled")
 # the issue's table: every published model name (the kappa variants re-weight trained geo_abs / hybrid)
+DEFAULT_PAIRS = "hybrid:trigram,hybrid:geo_abs,geo_abs:geo_rot,hybrid:compute,geo_abs:compute"
 TABLE_MODELS = ("bigram", "trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa", "geo_abs_kappa",
                 "geo_attention", "geo_shuffled")
 
@@ -81,6 +86,85 @@ def lean_step(mc, spec, theta, grad, adam, tables, ctx, y):
     return loss
 
 
+COMPUTE = "compute"  # the --pairs control partner
+
+
+def _pair_worker(i, name, sh, seconds, barrier, out):
+    """Process i of --pairs: one BLAS thread, build the model's problem, warm up, wait for the partner, then
+    run training steps (or the in-cache GEMM loop) for `seconds` -> out.put((i, ms per step))."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        rng = np.random.default_rng(0)
+        if name == COMPUTE:
+            a = rng.standard_normal((64, 128)).astype(np.float32)
+            b = rng.standard_normal((128, 128)).astype(np.float32)
+            fn = lambda: a @ b  # noqa: E731
+        else:
+            tables = make_tables(sh, rng)
+            mc, spec, theta, grad, ctx, y = problem(name, sh, tables, rng)
+            adam = adam_init(theta)
+            fn = lambda: lean_step(mc, spec, theta, grad, adam, tables, ctx, y)  # noqa: E731
+        for _ in range(3):
+            fn()
+        barrier.wait()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        out.put((i, 1e3 * (time.perf_counter() - t0) / n))
+
+
+def parse_pairs(text):
+    """'a:b,c:d' -> [(a, b), (c, d)]; a clear one-line exit on an unknown name or a malformed pair."""
+    pairs = [tuple(x.strip() for x in p.split(":")) for p in text.split(",") if p.strip()]
+    bad = [":".join(p) for p in pairs if len(p) != 2] + [n for p in pairs for n in p
+                                                         if n not in G.MODELS and n != COMPUTE]
+    if bad or not pairs:
+        raise SystemExit(f"--pairs: unknown model or malformed pair {(bad or [text])[0]!r}; give A:B pairs of "
+                         f"{', '.join(G.MODELS)} or {COMPUTE}")
+    return pairs
+
+
+def run_pairs(pairs, sh, seconds, repeats):
+    """-> rows: each model's ms/step alone and beside each partner, run as forked processes; medians over
+    `repeats` rounds (each round times every model alone, then every pair: the VM's drift hits both alike)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+
+    def together(names):
+        barrier, out = ctx.Barrier(len(names)), ctx.Queue()
+        procs = [ctx.Process(target=_pair_worker, args=(i, n, sh, seconds, barrier, out))
+                 for i, n in enumerate(names)]
+        for pr in procs:
+            pr.start()
+        res = [out.get() for _ in procs]
+        for pr in procs:
+            pr.join()
+        if any(pr.exitcode for pr in procs):
+            raise RuntimeError(f"a --pairs process failed: {names}")
+        return [ms for _, ms in sorted(res)]
+
+    names = list(dict.fromkeys(n for pr in pairs for n in pr))
+    runs_alone, runs_pair = [], []
+    for _ in range(repeats):
+        runs_alone.append({n: together([n])[0] for n in names})
+        runs_pair.append([together(list(pr)) for pr in pairs])
+    alone = {n: float(np.median([r[n] for r in runs_alone])) for n in names}
+    rows = []
+    print(f"\n{'model':<16}{'alone ms':>10}{'partner':>16}{'paired ms':>11}{'slowdown':>10}")
+    for i, (a, b) in enumerate(pairs):
+        both = np.median([r[i] for r in runs_pair], axis=0)
+        for n, other, ms in ((a, b, both[0]), (b, a, both[1])):
+            if n == COMPUTE and other == COMPUTE:
+                continue
+            print(f"{n:<16}{alone[n]:>10.3f}{other:>16}{ms:>11.3f}{100 * (ms / alone[n] - 1):>9.1f}%")
+            rows.append(dict(what="pair", model=n, partner=other, alone_ms=alone[n], paired_ms=ms,
+                             slowdown=ms / alone[n] - 1))
+    return rows
+
+
 def naive_trigram_loss_grads(spec, theta, ctx, y, Vi):
     """Baseline: dense one-hot [B, 2 Vi] through geolm.mlp + geolm.losses."""
     p = spec.views(theta)
@@ -116,7 +200,16 @@ def main(argv=None):
     ap.add_argument("--table-models", default=",".join(TABLE_MODELS),
                     help="models of the --table run (default: the published table's ten; 'all' adds the controls "
                          "and successor models)")
+    ap.add_argument("--pairs", nargs="?", const=DEFAULT_PAIRS, default=None, metavar="A:B,...",
+                    help="time models alone and two at a time in two processes (default pairs: %(const)s; "
+                         f"'{COMPUTE}' = the in-cache GEMM control)")
+    ap.add_argument("--pair-seconds", type=float, default=None, help="seconds per --pairs measurement (default 4)")
+    ap.add_argument("--pair-repeats", type=int, default=None, help="--pairs rounds, medians reported (default 3)")
     args = ap.parse_args(argv)
+    pairs = parse_pairs(args.pairs) if args.pairs else []
+    if (args.pair_seconds is not None and args.pair_seconds <= 0) or (args.pair_repeats is not None
+                                                                     and args.pair_repeats < 1):
+        raise SystemExit("--pair-seconds must be > 0 and --pair-repeats >= 1")
     sh = dict(QUICK if args.quick else FULL)
     args.repeat = args.repeat or (2 if args.quick else 7)
     print(harness.env_header())
@@ -182,6 +275,12 @@ def main(argv=None):
     print(f"  sequential, all threads: {proj[0]:.0f} s;  2 processes x 1 thread (--jobs 2): {proj[1] / 2:.0f} s "
           f"(target < 180 s)")
     rows.append(dict(what="projected table", sequential_s=proj[0], jobs2_s=proj[1] / 2))
+
+    if pairs:
+        seconds = args.pair_seconds or (0.3 if args.quick else 4.0)
+        repeats = args.pair_repeats or (1 if args.quick else 3)
+        print(f"\n--pairs: {seconds:g} s per measurement, median of {repeats} rounds, one BLAS thread per process")
+        rows += run_pairs(pairs, sh, seconds, repeats)
 
     if args.table:
         import tempfile

@@ -21,3 +21,24 @@ def test_bench_quick_runs(script, tmp_path):
                          text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, f"{script.name} --quick failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     assert res.stdout.strip(), f"{script.name} printed nothing"
+
+
+@pytest.mark.slow
+def test_geometric_pairs_quick(tmp_path):
+    """--pairs runs each model alone and beside its partner in forked processes and records every row."""
+    out = tmp_path / "out.json"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_geometric.py"), "--quick", "--models", "geo_abs",
+                          "--pairs", "geo_abs:compute,hybrid:geo_abs", "--pair-seconds", "0.2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["what"] == "pair"]
+    got = {(r["model"], r["partner"]) for r in rows}
+    assert got == {("geo_abs", "compute"), ("compute", "geo_abs"), ("hybrid", "geo_abs"), ("geo_abs", "hybrid")}
+    assert all(r["alone_ms"] > 0 and r["paired_ms"] > 0 for r in rows)
+
+
+def test_geometric_pairs_bad_flag(tmp_path):
+    res = subprocess.run([sys.executable, str(BENCH / "bench_geometric.py"), "--quick", "--models", "geo_abs",
+                          "--pairs", "geo_abs:nope"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode != 0 and "--pairs: unknown model" in res.stderr and "Traceback" not in res.stderr
