@@ -21,6 +21,7 @@ hardly any memory): the slowdown two table processes inflict on each other throu
 """
 import argparse
 import os
+import queue
 import sys
 import time
 
@@ -107,7 +108,7 @@ def _pair_worker(i, name, sh, seconds, barrier, out):
             fn = lambda: lean_step(mc, spec, theta, grad, adam, tables, ctx, y)  # noqa: E731
         for _ in range(3):
             fn()
-        barrier.wait()
+        barrier.wait(timeout=600)  # a partner that failed while building breaks the barrier instead of hanging
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             fn()
@@ -139,11 +140,17 @@ def run_pairs(pairs, sh, seconds, repeats):
                  for i, n in enumerate(names)]
         for pr in procs:
             pr.start()
-        res = [out.get() for _ in procs]
+        res = []
+        while len(res) < len(procs):  # poll, so a process that died never leaves the parent waiting
+            try:
+                res.append(out.get(timeout=1.0))
+            except queue.Empty:
+                if any(pr.exitcode for pr in procs):
+                    for pr in procs:
+                        pr.terminate()
+                    raise RuntimeError(f"a --pairs process failed (see its traceback above): {names}")
         for pr in procs:
             pr.join()
-        if any(pr.exitcode for pr in procs):
-            raise RuntimeError(f"a --pairs process failed: {names}")
         return [ms for _, ms in sorted(res)]
 
     names = list(dict.fromkeys(n for pr in pairs for n in pr))
@@ -157,8 +164,6 @@ def run_pairs(pairs, sh, seconds, repeats):
     for i, (a, b) in enumerate(pairs):
         both = np.median([r[i] for r in runs_pair], axis=0)
         for n, other, ms in ((a, b, both[0]), (b, a, both[1])):
-            if n == COMPUTE and other == COMPUTE:
-                continue
             print(f"{n:<16}{alone[n]:>10.3f}{other:>16}{ms:>11.3f}{100 * (ms / alone[n] - 1):>9.1f}%")
             rows.append(dict(what="pair", model=n, partner=other, alone_ms=alone[n], paired_ms=ms,
                              slowdown=ms / alone[n] - 1))

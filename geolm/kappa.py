@@ -23,7 +23,8 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from .graph import kappa_lookup
+from .geometric import _exp_rows, model_forward, nll_rows
+from .graph import edge_kappa, kappa_lookup
 from .jit import njit
 
 PUBLISHED = (1.0, 1.0)
@@ -122,7 +123,6 @@ def biased_nll(logp, cont, kap, y, a, b):
     fill(z)
     rows = np.arange(len(y))
     zy = z[rows, y].astype(np.float64)
-    from .geometric import _exp_rows
     s, c = _exp_rows(z, fill)  # z -> e = exp(z - c), s = row sums (one vectorised pass for float32)
     s = s.astype(np.float64)
     nll = np.log(s) - zy + (c[:, 0] if c is not None else 0.0)
@@ -164,7 +164,6 @@ def ppl(nll_sum, n):
 
 def edge_bias(A):
     """D = kappa + 1 on the edges of A as csr [V,V] float64 (kappa = -1 + D everywhere, D = 0 off the graph)."""
-    from .graph import edge_kappa
     V = A.shape[0]
     r, c, kap = edge_kappa(A)
     D = sp.csr_matrix((kap + 1.0, (r, c)), shape=(V, V))
@@ -175,7 +174,6 @@ def edge_bias(A):
 def biased_nll_rows(logits, cont, D, cur, y, a, b, out=None):
     """Per-row NLL [M] float64 of the re-weighted model from RAW logits [M,V]: z = l + a cont - b D[cur]
     (D = `edge_bias`, rows of cur >= V get none), NLL = logsumexp(z) - z_y. out: optional [M,V] scratch."""
-    from .geometric import nll_rows
     V = D.shape[0]
     if b != 0.0:
         cur = np.asarray(cur, np.int64)
@@ -200,7 +198,6 @@ def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=
     fitted on up to n_fit held-out positions (Xho, yho; None = no fit, (0, 0)).
     -> {"published": {"val_ppl", "val_loss"}, "fitted": {...}, "fit": {"a", "b", "source", nll_*...}}.
     One pass over the validation set scores both pairs (raw logits, dense cont, sparse kappa; module docstring)."""
-    from .geometric import model_forward
 
     fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
     if Xho is not None and len(yho):

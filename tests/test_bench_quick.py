@@ -38,7 +38,13 @@ def test_geometric_pairs_quick(tmp_path):
     assert all(r["alone_ms"] > 0 and r["paired_ms"] > 0 for r in rows)
 
 
-def test_geometric_pairs_bad_flag(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--pairs", "geo_abs:nope"], "--pairs: unknown model"),
+    (["--pairs", "geo_abs"], "--pairs: unknown model or malformed pair"),
+    (["--pairs", "--pair-seconds", "0"], "--pair-seconds must be > 0"),
+    (["--pairs", "--pair-repeats", "0"], "--pair-repeats >= 1"),
+])
+def test_geometric_pairs_bad_flag(tmp_path, flags, message):
     res = subprocess.run([sys.executable, str(BENCH / "bench_geometric.py"), "--quick", "--models", "geo_abs",
-                          "--pairs", "geo_abs:nope"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert res.returncode != 0 and "--pairs: unknown model" in res.stderr and "Traceback" not in res.stderr
+                          *flags], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode != 0 and message in res.stderr and "Traceback" not in res.stderr
