@@ -57,8 +57,26 @@ def matmul_peak(dtype=np.float32, n=1024, repeat=5, clock=time.perf_counter):
     return 2.0 * n ** 3 / best / 1e9
 
 
+def cpu_model():
+    """'<model name> (family F model M)' from /proc/cpuinfo, or platform.processor() where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+    except OSError:
+        return platform.processor() or "?"
+
+
+def blas_env():
+    """The OPENBLAS_* / MKL_* / OMP_* settings in the environment, 'KEY=value ...' (or 'none set')."""
+    keys = sorted(k for k in os.environ if k.startswith(("OPENBLAS_", "MKL_", "OMP_", "NUMBA_NUM_THREADS")))
+    return " ".join(f"{k}={os.environ[k]}" for k in keys) or "none set"
+
+
 def env_header():
-    """One block of text: python/numpy/scipy/numba versions, BLAS (threadpoolctl), threads, cores."""
+    """One block of text: python/numpy/scipy/numba versions, CPU, BLAS (threadpoolctl) and its environment
+    variables (OPENBLAS_CORETYPE picks the GEMM kernels), threads, cores."""
     lines = [f"python {platform.python_version()} on {platform.machine()} ({platform.system()}), "
              f"numpy {np.__version__}"]
     vers = []
@@ -68,6 +86,7 @@ def env_header():
         except ImportError:
             vers.append(f"{mod} -")
     lines[0] += ", " + ", ".join(vers)
+    lines.append(f"cpu: {cpu_model()}; BLAS/thread environment: {blas_env()}")
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS so it is listed)
         from threadpoolctl import threadpool_info

@@ -48,3 +48,15 @@ def test_geometric_pairs_bad_flag(tmp_path, flags, message):
     res = subprocess.run([sys.executable, str(BENCH / "bench_geometric.py"), "--quick", "--models", "geo_abs",
                           *flags], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode != 0 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_env_header_names_cpu_and_blas_environment(monkeypatch):
+    """The header says which CPU ran and which OPENBLAS_* settings picked the kernels (they change GEMM peak ~2x)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import harness
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen_test_value")
+    head = harness.env_header()
+    assert any(line.startswith("cpu: ") for line in head.splitlines())
+    assert "OPENBLAS_CORETYPE=Zen_test_value" in head
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert "OPENBLAS_CORETYPE" not in harness.blas_env()
