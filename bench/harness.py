@@ -61,8 +61,8 @@ def cpu_model():
     """'<model name> (family F model M)' from /proc/cpuinfo, or platform.processor() where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+            first = f.read().split("\n\n")[0]  # the first processor's block
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
         return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
     except OSError:
         return platform.processor() or "?"
@@ -104,8 +104,7 @@ def env_header():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = f", load average {os.getloadavg()[0]:.2f} (other processes share the cores)" if hasattr(
         os, "getloadavg") else ""
-    lines.append(f"cores available {cores} (cpu_count {os.cpu_count()}), {nthreads}, "
-                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}{load}")
+    lines.append(f"cores available {cores} (cpu_count {os.cpu_count()}), {nthreads}{load}")
     return "\n".join(lines)
 
 
