@@ -465,8 +465,9 @@ def _train_model(name):
     saved as DIR/models/<name>/eval_<step>.npy and this returns the jobs instead, ("eval", name, step, snapshot
     path) per epoch and ("kappa", variant, name, final theta), which the pool runs on whichever process is free
     (_run_deferred): evaluations are small, independent pieces of work, so the two processes end together however
-    unequal their models are. Same numbers as a sequential run with --threads 1 (BLAS bits depend on thread count). A snapshot is deleted once its evaluation
-    is merged (_merge_deferred); snapshots left by an interrupted run are evaluated when it is resumed."""
+    unequal their models are. Same numbers as a sequential run with --threads 1 (BLAS bits depend on thread count).
+    A snapshot is deleted once its evaluation is merged (_merge_deferred); snapshots left by an interrupted run are
+    evaluated when it is resumed."""
     from .checkpoint import latest_checkpoint
     from .train import TrainConfig, fit
 
