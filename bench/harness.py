@@ -69,7 +69,8 @@ def cpu_model():
 
 
 def blas_env():
-    """The OPENBLAS_* / MKL_* / OMP_* / NUMBA_NUM_THREADS settings in the environment, 'KEY=value ...' (or 'none set')."""
+    """The OPENBLAS_* / MKL_* / OMP_* / NUMBA_NUM_THREADS settings in the environment: 'KEY=value ...' or
+    'none set'."""
     keys = sorted(k for k in os.environ if k.startswith(("OPENBLAS_", "MKL_", "OMP_", "NUMBA_NUM_THREADS")))
     return " ".join(f"{k}={os.environ[k]}" for k in keys) or "none set"
 
