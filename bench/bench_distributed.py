@@ -6,8 +6,8 @@
 
 The script relaunches itself as `mpiexec -n R ... --worker` for each layout R ranks x T threads per rank:
 1x1, 1x2 (the baseline: both cores in one process) and 2x1 (data parallel, threads = cores / ranks as fit sets).
-Each worker builds the model, one fixed global batch and its contiguous shard (geolm.distributed.shard), then
-  1. validates: the one-Allreduce global mean (geolm.distributed.global_mean) of the shard gradients equals the
+Each worker builds the model, one fixed global batch and its contiguous shard (geolm.training.distributed.shard), then
+  1. validates: the one-Allreduce global mean (geolm.training.distributed.global_mean) of the shard gradients equals the
      full-batch gradient of one process (max rel err <= 1e-4 in float32), before anything is timed;
   2. times `repeat` steps after `warmup` discarded ones, each split into
         compute  = task loss_and_grads on the local shard (forward + backward)
@@ -75,7 +75,7 @@ def projection(x, nbytes, batch):
 # models: (P, dtype, loss_and_grads(theta, grad, idx) -> (loss, n), theta, global batch size)
 
 def riemann_model(sh):
-    from geolm import riemann
+    from geolm.models import riemann
     cfg = riemann.RiemannConfig(vocab_size=sh["vocab"], n_vocab=sh["vocab"], dim=sh["dim"], layers=sh["layers"],
                                 heads=sh["heads"], ff_mult=4, seq_len=sh["seq"], rank=sh["rank"],
                                 hidden=sh["hidden"], field_hidden=sh["field_hidden"], ode_steps=sh["ode_steps"])
@@ -93,7 +93,7 @@ def riemann_model(sh):
 
 
 def geometric_model(sh):
-    from geolm import geometric
+    from geolm.models import geometric
     V, C, K = sh["vocab"], sh["context"], sh["neighbours"]
     rng = np.random.default_rng(0)
     X = rng.normal(size=(V, 3))
@@ -101,7 +101,7 @@ def geometric_model(sh):
     nbr = np.stack([rng.choice(V, size=K, replace=False) for _ in range(V)])
     tables = geometric.build_tables(X, nbr, pad_id=V)
     mc = geometric.GeoModelConfig(name="hybrid", Vi=V + 1, V=V, H=sh["hidden"], C=C)
-    from geolm.params import ParamSpec
+    from geolm.core.params import ParamSpec
     spec = ParamSpec(geometric.model_shapes(mc))
     theta = spec.zeros(np.float32)
     geometric.model_init_(mc, spec.views(theta), rng)
@@ -118,8 +118,8 @@ def geometric_model(sh):
 # ---------------------------------------------------------------------------------------------------------------
 
 def worker(a):
-    from geolm.distributed import configure_threads, get_comm, global_mean, shard
-    from geolm.optim import adam_init, adam_step, clip_grad_norm
+    from geolm.training.distributed import configure_threads, get_comm, global_mean, shard
+    from geolm.training.optim import adam_init, adam_step, clip_grad_norm
 
     comm = get_comm()
     configure_threads(a.threads, comm)

@@ -6,10 +6,10 @@ and the projected (or, with --table, measured) wall time of the whole 2k-story, 
     python bench/bench_geometric.py --table --data ../shared/data/tinystories   # run the real table (minutes)
     python bench/bench_geometric.py --pairs      # two processes side by side: the shared-cache slowdown
 
-Step = what geolm.train.fit does per batch: task.loss_and_grads (zero grad, features, forward, fused in-place
+Step = what geolm.training.train.fit does per batch: task.loss_and_grads (zero grad, features, forward, fused in-place
 softmax cross-entropy, backward) + global norm + clip + Adam. Timed with 1 BLAS thread and with all threads.
 Baseline (validated first, then timed): the straightforward trigram step, one-hot matrix [B, 2 Vi] @ W1 through
-geolm.mlp and geolm.losses, against the row-lookup / in-place-xent step of geolm.geometric.
+geolm.ops.mlp and geolm.ops.losses, against the row-lookup / in-place-xent step of geolm.models.geometric.
 FLOPs (GEMMs only, 2 m n k): forward 2 B F H + 2 B H V (row lookups count as none), backward 2 B H V (dW2)
 + 2 B H V (dh) + 2 B F H (dW1); attention models add their d x d projections and scores. % peak uses the
 matmul peak measured with the same thread count.
@@ -31,12 +31,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from geolm import geometric as G  # noqa: E402
-from geolm.geometric_run import EVAL_BATCH  # noqa: E402
-from geolm.losses import xent_backward, xent_forward  # noqa: E402
-from geolm.mlp import mlp_backward, mlp_forward  # noqa: E402
-from geolm.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
-from geolm.params import ParamSpec  # noqa: E402
+from geolm.models import geometric as G
+from geolm.apps.geometric_run import EVAL_BATCH  # noqa: E402
+from geolm.ops.losses import xent_backward, xent_forward  # noqa: E402
+from geolm.ops.mlp import mlp_backward, mlp_forward  # noqa: E402
+from geolm.training.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
+from geolm.core.params import ParamSpec  # noqa: E402
 
 FULL = dict(V=3297, B=128, H=64, C=8, k=3, K=4, n_succ=2, k_succ=32, train=425_866, val=199_329, epochs=5)
 QUICK = dict(V=300, B=32, H=16, C=8, k=3, K=4, n_succ=2, k_succ=8, train=20_000, val=5_000, epochs=1)
@@ -79,7 +79,7 @@ def problem(name, sh, tables, rng):
 
 
 def lean_step(mc, spec, theta, grad, adam, tables, ctx, y):
-    """What geolm.train.fit does per batch: zero, loss+grads, global norm (finite guard + clip), fused clip+Adam."""
+    """What geolm.training.train.fit does per batch: zero, loss+grads, global norm (finite guard + clip), fused clip+Adam."""
     grad[:] = 0.0
     loss = G.model_loss_and_grads(mc, tables, spec.views(theta), spec.views(grad), ctx, y)
     norm = global_norm(grad)
@@ -171,7 +171,7 @@ def run_pairs(pairs, sh, seconds, repeats):
 
 
 def naive_trigram_loss_grads(spec, theta, ctx, y, Vi):
-    """Baseline: dense one-hot [B, 2 Vi] through geolm.mlp + geolm.losses."""
+    """Baseline: dense one-hot [B, 2 Vi] through geolm.ops.mlp + geolm.ops.losses."""
     p = spec.views(theta)
     B = len(y)
     x = np.zeros((B, 2 * Vi), theta.dtype)
@@ -200,7 +200,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.common_args(ap)
     ap.add_argument("--models", default=",".join(G.MODELS), help="comma list of trained models to time")
-    ap.add_argument("--table", action="store_true", help="also run the real table via geolm.geometric_run (slow)")
+    ap.add_argument("--table", action="store_true", help="also run the real table via geolm.apps.geometric_run (slow)")
     ap.add_argument("--data", default=None, help="data for --table (default: the geometric_run default)")
     ap.add_argument("--table-models", default=",".join(TABLE_MODELS),
                     help="models of the --table run (default: the published table's ten; 'all' adds the controls "
@@ -290,7 +290,7 @@ def main(argv=None):
     if args.table:
         import tempfile
 
-        from geolm.geometric_run import GeoRunConfig, run, table
+        from geolm.apps.geometric_run import GeoRunConfig, run, table
 
         out = tempfile.mkdtemp(prefix="bench_geometric_table_")
         cfg = GeoRunConfig(data=args.data or GeoRunConfig.data, output=out, models=args.table_models,

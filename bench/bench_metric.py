@@ -5,8 +5,8 @@
     python bench/bench_metric.py --shapes "6144,384,64"   # one shape (about a minute on 2 idle cores)
 
 Contenders (all compute v = g^-1 f, log det g and, backward, dU, df with a log-det cotangent):
-  numba  geolm.metric public pair (per-token BLAS U U^T and K^-1 U, LAPACK Cholesky, prange over tokens)
-  ref    geolm.metric.metric_solve_ref (vectorised NumPy: stacked matmul, np.linalg.cholesky, np.linalg.inv)
+  numba  geolm.ops.metric public pair (per-token BLAS U U^T and K^-1 U, LAPACK Cholesky, prange over tokens)
+  ref    geolm.ops.metric.metric_solve_ref (vectorised NumPy: stacked matmul, np.linalg.cholesky, np.linalg.inv)
   dense  forms g [N,d,d]; np.linalg.solve + slogdet forward; backward through np.linalg.inv(g)
          (what the original's CPU fallback did). Too big at full N (3.6 GB per g in float32), so it is timed on
          --dense-tokens tokens and scaled linearly to N; the table says so.
@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from geolm.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
+from geolm.ops.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
 
 FULL = [(6144, 384, 64), (6144, 384, 24), (512, 128, 16)]  # (N, d, r)
 QUICK = [(64, 32, 8), (8, 16, 16)]

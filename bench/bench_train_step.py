@@ -44,12 +44,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from geolm import riemann  # noqa: E402
-from geolm.losses import xent_backward, xent_forward  # noqa: E402
-from geolm.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
-from geolm.mlp import mlp_forward  # noqa: E402
-from geolm.optim import adam_init, adam_step, clip_grad_norm  # noqa: E402
-from geolm.transformer import encoder_backward, encoder_forward  # noqa: E402
+from geolm.models import riemann
+from geolm.ops.losses import xent_backward, xent_forward  # noqa: E402
+from geolm.ops.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
+from geolm.ops.mlp import mlp_forward  # noqa: E402
+from geolm.training.optim import adam_init, adam_step, clip_grad_norm  # noqa: E402
+from geolm.ops.transformer import encoder_backward, encoder_forward  # noqa: E402
 
 FULL = dict(batch=32, seq=192, dim=384, rank=64, hidden=128, field_hidden=1536, ode_steps=4, layers=4, heads=6,
             vocab=4096)
@@ -339,7 +339,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
-        from geolm.distributed import configure_threads
+        from geolm.training.distributed import configure_threads
         configure_threads(args.threads)
     if args.mem_child is not None:
         return mem_child(json.loads(args.shapes), args.mem_child)

@@ -9,10 +9,10 @@ Prints full-dimension cluster statistics (silhouette, k-NN purity, chance purity
 import json
 import sys
 
-from geolm.config import ArgParser
-from geolm.errors import CheckpointError, ConfigError, cli_main
-from geolm import semantic
-from geolm.riemann_run import load_model
+from geolm.core.config import ArgParser
+from geolm.core.errors import CheckpointError, ConfigError, cli_main
+from geolm.apps import semantic
+from geolm.apps.riemann_run import load_model
 
 
 def _parser():
@@ -34,7 +34,7 @@ def _parser():
 
 
 def _val_stories(ck, tok, args):
-    from geolm.data import load_corpus
+    from geolm.data.corpus import load_corpus
 
     ex = ck.extra
     data = args.data or ex.get("data")

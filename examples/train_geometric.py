@@ -9,9 +9,9 @@ Writes OUTPUT/results.json and OUTPUT/curves.png; prints the table and which dat
 """
 import sys
 
-from geolm.config import ArgParser, add_args, from_args
-from geolm.errors import cli_main
-from geolm.geometric_run import GeoRunConfig, run, table
+from geolm.core.config import ArgParser, add_args, from_args
+from geolm.core.errors import cli_main
+from geolm.apps.geometric_run import GeoRunConfig, run, table
 
 
 def parse(argv=None):
@@ -24,7 +24,7 @@ def parse(argv=None):
 def main(argv=None):
     cfg = parse(argv)
     summary = run(cfg)
-    from geolm.distributed import get_comm
+    from geolm.training.distributed import get_comm
     if get_comm().rank != 0:
         return 0
     d = summary["data"]

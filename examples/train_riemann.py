@@ -8,12 +8,12 @@
 Token + position embeddings -> causal pre-LN Transformer -> z0 per position -> dz/dt = g(z)^-1 f(z), RK4 on
 [0, 1] with the discrete adjoint -> LayerNorm -> tied head -> cross-entropy (+ field and log-det penalties).
 Writes DIR/metrics.jsonl, summary.json, curves.png, telemetry.png, semantic_map.png, story.txt and checkpoints.
-All the work happens in geolm.riemann_run; run with --help for every flag.
+All the work happens in geolm.apps.riemann_run; run with --help for every flag.
 """
 import sys
 
-from geolm.errors import cli_main
-from geolm.riemann_run import parse, run
+from geolm.core.errors import cli_main
+from geolm.apps.riemann_run import parse, run
 
 
 @cli_main

@@ -13,6 +13,6 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
 
 __version__ = "0.1.0"
 
-from .errors import GeolmError, ConfigError, DataError, CheckpointError, NumericalError  # noqa: E402,F401
-from .params import ParamSpec  # noqa: E402,F401
-from .gradcheck import check_grads, check_grads_directional  # noqa: E402,F401
+from .core.errors import GeolmError, ConfigError, DataError, CheckpointError, NumericalError  # noqa: E402,F401
+from .core.params import ParamSpec  # noqa: E402,F401
+from .core.gradcheck import check_grads, check_grads_directional  # noqa: E402,F401

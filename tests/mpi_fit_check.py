@@ -16,8 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_task import make_toy_task  # noqa: E402
 
-from geolm.distributed import get_comm  # noqa: E402
-from geolm.train import TrainConfig, TrainingInterrupted, fit  # noqa: E402
+from geolm.training.distributed import get_comm  # noqa: E402
+from geolm.training.train import TrainConfig, TrainingInterrupted, fit  # noqa: E402
 
 # name: (toy task kwargs, TrainConfig kwargs, rank-0 call index at which rank 0 SIGINTs itself or None)
 SCENARIOS = {

@@ -108,7 +108,7 @@ def test_catalogue_is_long_enough():
 
 def test_resume_with_other_model_family(files, tmp_path):
     """A geometric run's checkpoint handed to the Riemann trainer is refused by family."""
-    from geolm.checkpoint import save_checkpoint
+    from geolm.training.checkpoint import save_checkpoint
     run = tmp_path / "geo"
     run.mkdir()
     save_checkpoint(run, 1, np.zeros(4, np.float32), {"family": "geometric:trigram", "cfg": {}, "spec": "[]"})

@@ -1,10 +1,10 @@
 """Toy two-community classifier (spec 2.11, EXP train_geometric.rs @139d07c; published G1: 100 % after 200 epochs)."""
 import numpy as np
 
-from geolm.losses import xent_backward, xent_forward
-from geolm.mlp import mlp_backward, mlp_forward, mlp_init_, mlp_shapes
-from geolm.optim import adam_init, adam_step
-from geolm.params import ParamSpec
+from geolm.ops.losses import xent_backward, xent_forward
+from geolm.ops.mlp import mlp_backward, mlp_forward, mlp_init_, mlp_shapes
+from geolm.training.optim import adam_init, adam_step
+from geolm.core.params import ParamSpec
 
 
 def toy_positions():

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geolm.errors import NumericalError
-from geolm.params import ParamSpec
-from geolm.train import Task
+from geolm.core.errors import NumericalError
+from geolm.core.params import ParamSpec
+from geolm.training.train import Task
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", 
     task_rng = np.random.default_rng(seed + 1) if noise else None
 
     def rank():
-        from geolm.distributed import get_comm
+        from geolm.training.distributed import get_comm
         return get_comm().rank
 
     def make_batch(idx):

@@ -1,0 +1,414 @@
+"""Semantic cartography: where do trajectories end, by word class, and is that clustering real?
+
+N points · D model dim · S ODE steps · C classes · G grid side
+
+Labels. The endpoint token of a trajectory is the head's argmax at z_T; its decoded BPE string is stripped
+and lowercased and looked up in a shipped lexicon (geolm/data/lexicon.txt, `word<TAB>noun|verb`), giving
+noun / verb / end (the end-of-story token) / other.
+
+Projection (for the picture only). PCA of the endpoints: Zc = Z - mean, Zc = U S V^T (numpy SVD),
+coords = Zc V[:2]^T. Trajectories (their step-boundary states) are projected on the same plane. The
+backdrop is log det g(z) on the plane z = mean + a pc1 + b pc2 (computed by the caller's model).
+
+Statistics (in the full D dimensions, never on the 2-D picture), Euclidean distances:
+    silhouette  s_i = (b_i - a_i) / max(a_i, b_i), a_i = mean distance to the rest of i's class,
+                b_i = min over other classes of the mean distance to that class; s_i = 0 for a singleton
+                class (the usual convention); score = mean_i s_i in [-1, 1] (~0 for random labels).
+    k-NN purity mean_i (1/k) #{j in kNN(i): label_j = label_i} (self excluded); its chance level with the
+                same class sizes is sum_c n_c (n_c - 1) / (N (N - 1)).
+Caveat: endpoints are labelled by the token the linear head reads off z_T, so some separation of z_T by
+class is built in by the readout itself; the g = I control (same statistics, --metric identity run) and
+z_0 are the comparisons that make a "basins carved by the metric" claim testable.
+"""
+import os
+from importlib import resources
+
+import numpy as np
+
+from ..core.errors import ConfigError, DataError
+
+CLASSES = ("noun", "verb", "end", "other")
+CLASS_COLORS = {"noun": "#1f77b4", "verb": "#d62728", "end": "#2ca02c", "other": "#7f7f7f"}
+EOS_STRINGS = frozenset({"<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[eos]"})
+
+
+# ----------------------------------------------------------------------------- lexicon and labels
+
+def load_lexicon(path=None):
+    """{word: "noun"|"verb"} from `path` or the shipped geolm/data/lexicon.txt ('#' lines are comments)."""
+    try:
+        if path is None:
+            text = resources.files("geolm").joinpath("data/lexicon.txt").read_text(encoding="utf-8")
+            where = "geolm/data/lexicon.txt"
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+            where = os.fspath(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read lexicon {path}: {e.__class__.__name__}; pass a UTF-8 file of "
+                        f"word<TAB>noun|verb lines") from e
+    lex = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or parts[1].strip() not in ("noun", "verb"):
+            raise DataError(f"{where} line {i} is not word<TAB>noun|verb; fix or remove that line")
+        lex[parts[0].strip().lower()] = parts[1].strip()
+    if not lex:
+        raise DataError(f"lexicon {where} has no entries; pass a file of word<TAB>noun|verb lines")
+    return lex
+
+
+def word_class(token_str, lexicon, eos_strings=EOS_STRINGS):
+    """'noun' | 'verb' | 'end' | 'other' for a decoded token string (stripped, lowercased, edge punctuation
+    removed before the lexicon lookup; an end-of-story marker -> 'end')."""
+    s = str(token_str).strip()
+    if s.lower() in eos_strings:
+        return "end"
+    w = s.lower().strip(".,!?;:\"'()[]")
+    return lexicon.get(w, "other")
+
+
+# ----------------------------------------------------------------------------- projection
+
+def pca_2d(Z):
+    """PCA to two components. Z [N,D] -> (coords [N,2], components [2,D], mean [D]), float64.
+
+    Component signs are fixed (largest-|.| entry positive) so pictures are reproducible. Fewer than two
+    non-trivial directions give zero rows in `components`.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[0] < 1:
+        raise ConfigError(f"pca_2d needs a [N,D] array with N >= 1, got shape {Z.shape}")
+    mean = Z.mean(axis=0)                                    # [D]
+    Zc = Z - mean                                            # [N,D]
+    _, _, vt = np.linalg.svd(Zc, full_matrices=False)        # vt [min(N,D),D]
+    comps = np.zeros((2, Z.shape[1]))
+    k = min(2, vt.shape[0])
+    comps[:k] = vt[:k]
+    for i in range(k):
+        j = np.argmax(np.abs(comps[i]))
+        if comps[i, j] < 0.0:
+            comps[i] = -comps[i]
+    return Zc @ comps.T, comps, mean                          # [N,D] @ [D,2] -> [N,2]
+
+
+def project(X, components, mean):
+    """Points X [...,D] -> plane coordinates [...,2] with a pca_2d basis."""
+    return (np.asarray(X, dtype=np.float64) - mean) @ components.T   # [...,D] @ [D,2] -> [...,2]
+
+
+def plane_grid(components, mean, lim, n=48):
+    """Grid on the PCA plane: (a [G], b [G], points [G*G,D]) with z = mean + a pc1 + b pc2.
+
+    lim = (amin, amax, bmin, bmax); points are ordered row-major over (b, a), i.e. reshape to [G(b),G(a)].
+    """
+    a = np.linspace(lim[0], lim[1], n)
+    b = np.linspace(lim[2], lim[3], n)
+    A, B = np.meshgrid(a, b)                                  # [G,G] each, rows = b
+    pts = mean + A.reshape(-1, 1) * components[0] + B.reshape(-1, 1) * components[1]   # [G*G,D]
+    return a, b, pts
+
+
+# ----------------------------------------------------------------------------- cluster statistics
+
+def pairwise_dist(Z):
+    """Euclidean distances [N,N] (float64) via the Gram matrix, clamped at 0 and zero on the diagonal."""
+    Z = np.asarray(Z, dtype=np.float64)
+    sq = np.einsum("nd,nd->n", Z, Z)                          # [N]
+    D2 = sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)          # [N,N]
+    np.maximum(D2, 0.0, out=D2)
+    np.fill_diagonal(D2, 0.0)
+    return np.sqrt(D2)
+
+
+def _codes(labels):
+    labels = np.asarray(labels)
+    uniq, codes = np.unique(labels, return_inverse=True)
+    return uniq, codes.reshape(-1)
+
+
+def silhouette(Z, labels, D=None):
+    """Mean silhouette over points (Euclidean, full dimension); nan with fewer than 2 classes."""
+    uniq, codes = _codes(labels)
+    N, C = codes.shape[0], uniq.shape[0]
+    if C < 2 or N < 2:
+        return float("nan")
+    D = pairwise_dist(Z) if D is None else D
+    M = np.zeros((N, C))
+    M[np.arange(N), codes] = 1.0                              # one-hot [N,C]
+    sums = D @ M                                              # [N,N] @ [N,C] -> [N,C] distance sums per class
+    n_c = M.sum(axis=0)                                       # [C]
+    own_n = n_c[codes]                                        # [N]
+    a = sums[np.arange(N), codes] / np.maximum(own_n - 1.0, 1.0)
+    other = sums / n_c                                        # [N,C] mean distance per class
+    other[np.arange(N), codes] = np.inf
+    b = other.min(axis=1)
+    denom = np.maximum(a, b)
+    s = np.where(denom > 0.0, (b - a) / np.where(denom > 0.0, denom, 1.0), 0.0)
+    s[own_n <= 1.0] = 0.0
+    return float(s.mean())
+
+
+def knn_purity(Z, labels, k=10, D=None):
+    """Mean fraction of each point's k nearest neighbours (self excluded) that share its label."""
+    _, codes = _codes(labels)
+    N = codes.shape[0]
+    if N < 2:
+        return float("nan")
+    k = int(min(k, N - 1))
+    if k < 1:
+        raise ConfigError("knn_purity needs k >= 1; pass --k 10")
+    D = (pairwise_dist(Z) if D is None else D).copy()
+    np.fill_diagonal(D, np.inf)
+    nbrs = np.argpartition(D, k - 1, axis=1)[:, :k]           # [N,k]
+    return float((codes[nbrs] == codes[:, None]).mean())
+
+
+def knn_chance(labels):
+    """Expected k-NN purity under random labels with the same class sizes: sum n_c(n_c-1) / (N(N-1))."""
+    _, codes = _codes(labels)
+    N = codes.shape[0]
+    if N < 2:
+        return float("nan")
+    n_c = np.bincount(codes).astype(np.float64)
+    return float((n_c * (n_c - 1.0)).sum() / (N * (N - 1.0)))
+
+
+def endpoint_stats(Z, labels, k=10):
+    """Cluster statistics of points Z [N,D] under `labels` [N], in the full dimension.
+
+    Returns dict(silhouette, knn_purity, knn_chance, n, n_classes, k).
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    labels = np.asarray(labels)
+    if Z.ndim != 2 or labels.shape != (Z.shape[0],):
+        raise ConfigError(f"endpoint_stats needs Z [N,D] and labels [N], got {Z.shape} and {labels.shape}")
+    D = pairwise_dist(Z)
+    uniq, _ = _codes(labels)
+    return {"silhouette": silhouette(Z, labels, D=D), "knn_purity": knn_purity(Z, labels, k=k, D=D),
+            "knn_chance": knn_chance(labels), "n": int(Z.shape[0]), "n_classes": int(uniq.shape[0]),
+            "k": int(min(k, max(Z.shape[0] - 1, 0)))}
+
+
+def class_stats(points, labels, k=10, drop=("other",)):
+    """{name: endpoint_stats} for each named point set {name: Z [N,D]} sharing `labels` [N].
+
+    Two views per set: "<name>" over the classes not in `drop` (the noun / verb / end claim) and
+    "<name>/all" over every class. Sets whose kept points have < 2 classes get nan scores.
+    """
+    labels = np.asarray(labels)
+    keep = ~np.isin(labels, list(drop))
+    out = {}
+    for name, Z in points.items():
+        Z = np.asarray(Z)
+        out[name] = endpoint_stats(Z[keep], labels[keep], k=k) if keep.sum() >= 2 else \
+            {"silhouette": float("nan"), "knn_purity": float("nan"), "knn_chance": float("nan"),
+             "n": int(keep.sum()), "n_classes": int(np.unique(labels[keep]).shape[0]), "k": 0}
+        out[name + "/all"] = endpoint_stats(Z, labels, k=k)
+    return out
+
+
+def json_safe(x):
+    """Nested dicts/lists with non-finite floats replaced by None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def format_stats(stats):
+    """A small fixed-width table of class_stats output."""
+    head = f"{'points':<22} {'n':>4} {'C':>2} {'silhouette':>10} {'kNN purity':>10} {'chance':>7}"
+    rows = [head, "-" * len(head)]
+    for name, s in stats.items():
+        rows.append(f"{name:<22} {s['n']:>4d} {s['n_classes']:>2d} {s['silhouette']:>10.3f} "
+                    f"{s['knn_purity']:>10.3f} {s['knn_chance']:>7.3f}")
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- the picture
+
+def draw_semantic_map(path, traj2d, labels, words, grid=None, title="", dpi=220, max_labels=200):
+    """Draw trajectories, labelled endpoints by class and an optional log det g backdrop; PNG at `path`.
+
+    traj2d [S+1,N,2] projected step-boundary states (last = endpoints); labels/words [N];
+    grid = (a [G], b [G], L [G,G] log det g, rows over b) or None.
+    """
+    from .plots import pyplot, save_figure
+
+    plt = pyplot()
+    traj2d = np.asarray(traj2d, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(11, 9))
+    if grid is not None:
+        a, b, L = grid
+        L = np.asarray(L, dtype=np.float64)
+        if np.isfinite(L).any():
+            cf = ax.contourf(a, b, L, levels=24, cmap="terrain", alpha=0.55, zorder=0)
+            ax.contour(a, b, L, levels=12, colors="k", linewidths=0.3, alpha=0.35, zorder=1)
+            cb = fig.colorbar(cf, ax=ax, shrink=0.8)
+            cb.set_label("log det g(z) on the PCA plane")
+    labels = np.asarray(labels)
+    for c in CLASSES:
+        idx = np.flatnonzero(labels == c)
+        if idx.size == 0:
+            continue
+        col = CLASS_COLORS[c]
+        for i in idx:
+            ax.plot(traj2d[:, i, 0], traj2d[:, i, 1], color=col, lw=0.6, alpha=0.45, zorder=2)
+        ax.scatter(traj2d[0, idx, 0], traj2d[0, idx, 1], s=6, color=col, alpha=0.4, marker="o", zorder=3)
+        ax.scatter(traj2d[-1, idx, 0], traj2d[-1, idx, 1], s=22, color=col, edgecolor="k", linewidth=0.3,
+                   label=f"{c} ({idx.size})", zorder=4)
+    for i in range(min(len(words), max_labels)):
+        ax.annotate(str(words[i]).strip() or "?", traj2d[-1, i], fontsize=5.5, alpha=0.85,
+                    xytext=(2, 2), textcoords="offset points", zorder=5,
+                    color=CLASS_COLORS.get(str(labels[i]), "k"))
+    if grid is not None:
+        ax.set_xlim(grid[0][0], grid[0][-1])
+        ax.set_ylim(grid[1][0], grid[1][-1])
+    ax.set_xlabel("PC 1 of endpoints z_T")
+    ax.set_ylabel("PC 2 of endpoints z_T")
+    ax.set_title(title or "semantic map: trajectories z_0 -> z_T, endpoint token = head argmax")
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path, dpi=dpi)
+
+
+def plot_limits(traj2d, q=0.01, pad=0.1):
+    """(amin, amax, bmin, bmax): the q..1-q quantiles of all projected states plus a margin (a few far-flung
+    trajectories are clipped rather than squeezing the rest into a corner)."""
+    t = np.asarray(traj2d, dtype=np.float64).reshape(-1, 2)
+    lo, hi = np.quantile(t, q, axis=0), np.quantile(t, 1.0 - q, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad * span, hi + pad * span
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+# ----------------------------------------------------------------------------- running a Riemannian model
+
+def sample_positions(stories, n, seed=0, end_frac=0.125):
+    """Pick n (story, position) pairs from token-id stories: ~end_frac of them at a story's last token (where
+    the next token is the end of the story, so 'end' predictions can appear), the rest uniform over tokens.
+
+    -> (story index [n] int, position [n] int). Deterministic in seed.
+    """
+    lens = np.array([len(s) for s in stories], dtype=np.int64)
+    if lens.size == 0 or lens.sum() == 0:
+        raise DataError("no validation tokens to sample trajectories from; pass --val-data with stories")
+    rng = np.random.default_rng([int(seed), 7])
+    n_end = int(round(n * end_frac))
+    nonempty = np.flatnonzero(lens > 0)
+    si_end = rng.choice(nonempty, size=n_end, replace=nonempty.size < n_end)
+    pos_end = lens[si_end] - 1
+    flat = rng.choice(int(lens.sum()), size=n - n_end, replace=int(lens.sum()) < n - n_end)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    si = np.searchsorted(starts, flat, side="right") - 1
+    pos = flat - starts[si]
+    return np.concatenate([si_end, si]).astype(np.int64), np.concatenate([pos_end, pos]).astype(np.int64)
+
+
+def context_batch(stories, story_idx, pos, T, pad_id):
+    """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i], right-padded with
+    pad_id (any id inside the embedding table: a causal encoder never reads later positions for earlier ones).
+    -> (ids [n,T] int32, col [n] int)."""
+    n = len(story_idx)
+    ids = np.full((n, T), pad_id, dtype=np.int32)
+    col = np.empty(n, dtype=np.int64)
+    for i, (s, t) in enumerate(zip(story_idx, pos)):     # n ~ 200 rows: a loop over samples, not tokens
+        toks = np.asarray(stories[s])
+        start = max(0, int(t) - T + 1)
+        w = toks[start:start + T]
+        ids[i, :len(w)] = w
+        col[i] = int(t) - start
+    return ids, col
+
+
+def run_trajectories(theta, cfg, spec, ids, col):
+    """Encoder on ids [n,T], then the ODE on the n chosen positions only.
+
+    -> dict(z0 [n,D], zT [n,D], traj [S+1,n,D], pred [n] int (head argmax at z_T)), float64 copies.
+    """
+    from ..models import riemann
+    from ..ops.transformer import encoder_forward
+
+    p = spec.views(theta)
+    h, _ = encoder_forward(ids, p["enc"], cfg.heads)                 # [n,T] -> [n,T,D]
+    z0 = np.ascontiguousarray(h[np.arange(len(col)), col])          # [n,D]
+    zT, traj, _, _ = riemann.flow(z0, p, cfg)                        # [n,D], [S+1,n,D]
+    logits = riemann.head_forward(zT, p, cfg)[0]                     # [n,V]
+    return {"z0": z0.astype(np.float64), "zT": np.asarray(zT, dtype=np.float64),
+            "traj": np.asarray(traj, dtype=np.float64), "pred": np.argmax(logits, axis=1)}
+
+
+def logdet_landscape(theta, cfg, spec, points, chunk=256):
+    """log det g at points [M,D] (float64 [M]); None for the identity metric or the no-ODE control."""
+    from ..models import riemann
+
+    if cfg.no_ode or cfg.metric == "identity":
+        return None
+    p = spec.views(theta)
+    dt = theta.dtype
+    out = np.empty(points.shape[0])
+    for i in range(0, points.shape[0], chunk):                       # chunks bound the [m,R*D] U-MLP output
+        z = np.ascontiguousarray(points[i:i + chunk], dtype=dt)
+        out[i:i + chunk] = riemann.field_eval(z, p["field"], cfg)["logdet"]
+    return out
+
+
+def label_tokens(tok, pred, lexicon):
+    """Decoded endpoint tokens and their classes: -> (words list[str], labels array[str])."""
+    words, labels = [], []
+    for t in np.asarray(pred).tolist():
+        if t == getattr(tok, "eos_id", None):
+            words.append("<end>")
+            labels.append("end")
+            continue
+        w = tok.decode([t])
+        words.append(w.strip())
+        labels.append(word_class(w, lexicon))
+    return words, np.array(labels)
+
+
+def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
+                 k=10, grid_n=48, dpi=220, title=""):
+    """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
+    full-dimension cluster statistics and (if path) draw the map.
+
+    stories: list of model-id int arrays; tok: .decode(ids), .eos_id (also the right padding); control: optional
+    (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
+    Returns dict(stats={name: endpoint_stats}, counts={class: n}, control_counts, words, labels, png, n).
+    """
+    lexicon = load_lexicon() if lexicon is None else lexicon
+    si, pos = sample_positions(stories, n, seed=seed)
+    ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.eos_id)
+    run = run_trajectories(theta, cfg, spec, ids, col)
+    words, labels = label_tokens(tok, run["pred"], lexicon)
+    stats = class_stats({"z_T": run["zT"], "z_0": run["z0"]}, labels, k=k)
+    out = {"n": int(n), "counts": {c: int((labels == c).sum()) for c in CLASSES}, "words": words,
+           "labels": labels.tolist(), "png": None}
+    if control is not None:
+        c_theta, c_cfg, c_spec = control
+        c_ids, c_col = context_batch(stories, si, pos, c_cfg.seq_len, tok.eos_id)
+        c_run = run_trajectories(c_theta, c_cfg, c_spec, c_ids, c_col)
+        _, c_labels = label_tokens(tok, c_run["pred"], lexicon)
+        c_stats = class_stats({"control z_T": c_run["zT"], "control z_0": c_run["z0"]}, c_labels, k=k)
+        stats.update(c_stats)
+        out["control_counts"] = {c: int((c_labels == c).sum()) for c in CLASSES}
+    out["stats"] = stats
+    if path is not None:
+        _, comps, mean = pca_2d(run["zT"])
+        traj2d = project(run["traj"], comps, mean)                   # [S+1,n,D] -> [S+1,n,2]
+        lim = plot_limits(traj2d)
+        a, b, pts = plane_grid(comps, mean, lim, n=grid_n)
+        L = logdet_landscape(theta, cfg, spec, pts)
+        grid = (a, b, np.full((grid_n, grid_n), np.nan) if L is None else L.reshape(grid_n, grid_n))
+        st = stats["z_T"]
+        ttl = title or (f"semantic map: {n} trajectories, {cfg.ode_steps} RK4 steps, metric {cfg.metric}, "
+                        f"r={cfg.rank}; z_T silhouette {st['silhouette']:.3f}, kNN purity {st['knn_purity']:.3f}")
+        out["png"] = draw_semantic_map(path, traj2d, labels, words, grid=grid, title=ttl, dpi=dpi)
+    return out
+

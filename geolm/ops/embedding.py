@@ -1,0 +1,56 @@
+"""Embedding lookup and its scatter-add backward.
+
+N flattened ids . V vocab . D width
+
+    forward:  y[..., :] = w[ids[...], :]              ids int [...], w [V,D] -> y [..., D]
+    backward: dw[v, :] = sum_{i: ids_i = v} dy_i      (repeated ids accumulate)
+`embedding_backward_ref` uses np.add.at (unbuffered, correct for repeats but slow);
+`_embedding_backward_nb` is a plain scalar loop in Numba; the public `embedding_backward` uses it.
+Reference: llm.c `encoder_backward`.
+"""
+import numpy as np
+
+from ..core.errors import DataError
+from ..core.jit import njit
+
+
+def embedding_forward(ids, w):
+    """ids int [...] in [0, V), w [V,D] -> (y [..., D], cache)."""
+    ids = np.asarray(ids)
+    V = w.shape[0]
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"embedding ids must be integers, got {ids.dtype}; cast with .astype(np.int64)")
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise DataError(f"token id {bad} outside the embedding table [0, {V}); check the vocab size")
+    y = np.take(w, ids, axis=0)  # [V,D][...] -> [..., D]
+    return y, (ids, V)
+
+
+def embedding_backward_ref(dy, cache):
+    """NumPy reference: dw [V,D] via np.add.at."""
+    ids, V = cache
+    D = dy.shape[-1]
+    dw = np.zeros((V, D), dtype=dy.dtype)
+    np.add.at(dw, ids.reshape(-1), dy.reshape(-1, D))  # [N,D] scattered into [V,D]
+    return dw
+
+
+@njit
+def _embedding_backward_nb(dw, ids, dy):
+    """dw [V,D] (zeroed, accumulated into), ids [N], dy [N,D]."""
+    N, D = dy.shape
+    for i in range(N):
+        r = ids[i]
+        for j in range(D):
+            dw[r, j] += dy[i, j]
+
+
+def embedding_backward(dy, cache):
+    """dy [..., D] -> dw [V,D] (Numba scatter-add)."""
+    ids, V = cache
+    D = dy.shape[-1]
+    dw = np.zeros((V, D), dtype=dy.dtype)
+    _embedding_backward_nb(dw, np.ascontiguousarray(ids.reshape(-1)),
+                           np.ascontiguousarray(dy.reshape(-1, D)))  # [..., D] -> [N,D]
+    return dw

@@ -1,0 +1,228 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geolm.core.errors import ConfigError
+from geolm.apps.geometric_run import ALL_MODELS, GeoRunConfig, _epochs_from_history, model_list
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_geometric.py"
+
+
+def _run(args, timeout=240):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "GEOLM_MPI": "0"})
+
+
+def test_model_list():
+    assert model_list("all") == list(ALL_MODELS)
+    assert model_list("trigram, bigram,trigram") == ["trigram", "bigram"]
+    with pytest.raises(ConfigError, match="valid: all or bigram"):
+        model_list("bigram,transformer")
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="--successor-context"):
+        GeoRunConfig(successor_context=9)
+    with pytest.raises(ConfigError, match="--epochs"):
+        GeoRunConfig(epochs=0)
+
+
+def test_epochs_from_history():
+    h = [{"kind": "train", "step": 2, "loss": 3.0}, {"kind": "train", "step": 4, "loss": 1.0},
+         {"kind": "eval", "step": 4, "val_ppl": 9.0}, {"kind": "train", "step": 6, "loss": 0.5},
+         {"kind": "eval", "step": 7, "val_ppl": 8.0}]
+    assert _epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0},
+                                          {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0}]
+    # parallel runs: fit's empty evaluation record, then the queued evaluation's (either order); a lost one stays None
+    h2 = [{"kind": "eval", "step": 4, "val_ppl": None}, {"kind": "eval", "step": 4, "val_ppl": 9.0, "deferred": True},
+          {"kind": "eval", "step": 8, "val_ppl": 7.0}, {"kind": "eval", "step": 8, "val_ppl": None},
+          {"kind": "eval", "step": 12, "val_ppl": None}]
+    assert [e["val_ppl"] for e in _epochs_from_history(h2, 4)] == [9.0, 7.0, None]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--models", "bigram,nope"], "unknown model nope"),
+    (["--epochs", "0"], "--epochs"),
+    (["--bogus-flag", "1"], "unrecognized arguments"),
+    (["--coord-dim", "x"], "invalid int value"),
+])
+def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
+    r = _run(args + ["--output", str(tmp_path)], timeout=60)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_end_to_end_small(tinystories, tmp_path):
+    out = tmp_path / "run"
+    r = _run(["--data", str(tinystories), "--max-train-stories", "60", "--max-val-stories", "20", "--epochs", "2",
+              "--vocab-size", "400", "--kappa-holdout", "20", "--dim", "16", "--successor-dim", "8", "--lr", "3e-3",
+              "--models", "bigram,trigram,geo_abs,geo_rot_nbrs,hybrid_kappa,geo_attention,geo_successor",
+              "--output", str(out), "--jobs", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"config", "data", "models"}
+    d = res["data"]
+    assert {"source", "train_stories", "val_stories", "vocab_size", "val_tokens", "unk_rate"} <= set(d)
+    assert d["train_stories"] == 60 and d["val_stories"] == 20 and "train.txt.gz" in d["source"]
+    V = d["vocab_size"]
+    m = res["models"]
+    assert set(m) == {"bigram", "trigram", "geo_abs", "geo_rot_nbrs", "hybrid", "hybrid_kappa", "hybrid_kappa_fit",
+                      "geo_attention", "geo_successor"}
+    for name, r_ in m.items():
+        assert {"val_ppl", "val_loss", "epochs", "seconds", "params"} <= set(r_), name
+        assert 1.0 < r_["val_ppl"] < 2 * V, (name, r_["val_ppl"])
+    assert [e["epoch"] for e in m["trigram"]["epochs"]] == [1, 2]
+    assert all(e["train_loss"] is not None and e["val_ppl"] > 0 for e in m["trigram"]["epochs"])
+    assert m["trigram"]["val_ppl"] < V  # beats a uniform model
+    assert m["trigram"]["params"] == (2 * (V + 1) + 1) * 16 + (16 + 1) * V
+    assert m["hybrid_kappa_fit"]["val_ppl"] <= m["hybrid_kappa"]["val_ppl"] * 1.05
+    assert (out / "curves.png").stat().st_size > 1000
+    assert "data:" in r.stdout and "val ppl" in r.stdout
+
+
+SMALL = ["--max-train-stories", "40", "--max-val-stories", "10", "--vocab-size", "300", "--kappa-holdout", "10",
+         "--dim", "8", "--successor-dim", "4", "--models", "bigram,trigram,geo_abs_kappa", "--jobs", "1",
+         "--threads", "1"]
+
+
+def _ppl(path):
+    return {k: v["val_ppl"] for k, v in json.loads((path / "results.json").read_text())["models"].items()}
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_resume_continues_to_the_same_result(tinystories, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "2", "--output", str(a)]).returncode == 0
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "1", "--output", str(b)]).returncode == 0
+    r = _run(["--data", str(tinystories), *SMALL, "--epochs", "2", "--output", str(b), "--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert _ppl(a) == _ppl(b)
+    ep = json.loads((b / "results.json").read_text())["models"]["trigram"]["epochs"]
+    assert [e["epoch"] for e in ep] == [1, 2]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_parallel_processes_with_queued_evaluations_match_sequential(tinystories, tmp_path):
+    # --jobs 2 trains without evaluating and queues every epoch's evaluation and the kappa scoring to whichever
+    # process is free, one BLAS thread each: the results must be the very same numbers as --jobs 1 on one thread
+    # (fit evaluating in place). Equal thread counts matter: OpenBLAS's float32 GEMMs may differ in the last bits
+    # between 1 and 2 threads (seen with OPENBLAS_CORETYPE=Haswell on Zen 5), which moves the kappa fit by ~1e-10.
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    args = ["--data", str(tinystories), *SMALL[:-6], "--models", "trigram,geo_abs,geo_abs_kappa", "--epochs", "2"]
+    assert _run([*args, "--jobs", "1", "--threads", "1", "--output", str(seq)]).returncode == 0
+    r = _run([*args, "--jobs", "2", "--output", str(par)])
+    assert r.returncode == 0, r.stderr[-1000:]
+    a = json.loads((seq / "results.json").read_text())["models"]
+    b = json.loads((par / "results.json").read_text())["models"]
+    assert a.keys() == b.keys() == {"trigram", "geo_abs", "geo_abs_kappa", "geo_abs_kappa_fit"}
+    for k in a:
+        for f in ("val_ppl", "val_loss", "best_val_ppl"):
+            assert a[k].get(f) == b[k].get(f), (k, f)
+        assert [(e["epoch"], e["val_ppl"]) for e in a[k]["epochs"]] == [(e["epoch"], e["val_ppl"])
+                                                                     for e in b[k]["epochs"]]
+    assert all(e["val_ppl"] > 0 for e in b["trigram"]["epochs"]) and len(b["trigram"]["epochs"]) == 2
+    recs = [json.loads(x) for x in (par / "models" / "trigram" / "metrics.jsonl").read_text().splitlines()]
+    queued = [x for x in recs if x.get("deferred")]
+    assert [x["epoch"] for x in queued] == [1, 2] and queued[-1]["val_ppl"] == b["trigram"]["val_ppl"]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories, tmp_path):
+    # simulate a parallel run whose parent died after training trigram but before merging its last evaluation:
+    # the epoch-2 snapshot is on disk, its queued record is not in metrics.jsonl; --resume must finish the job
+    from geolm.training.checkpoint import load_checkpoint
+    out = tmp_path / "run"
+    args = ["--data", str(tinystories), *SMALL[:-6], "--models", "trigram,geo_abs", "--epochs", "2", "--jobs", "2",
+            "--output", str(out)]
+    assert _run(args).returncode == 0
+    ref = json.loads((out / "results.json").read_text())["models"]
+    mdir = out / "models" / "trigram"
+    ck = load_checkpoint(mdir)
+    np.save(mdir / f"eval_{ck.step:09d}.npy", ck.theta)
+    recs = (mdir / "metrics.jsonl").read_text().splitlines()
+    keep = [r for r in recs if not (json.loads(r).get("deferred") and json.loads(r)["step"] == ck.step)]
+    assert len(keep) == len(recs) - 1
+    (mdir / "metrics.jsonl").write_text("".join(r + "\n" for r in keep))
+    (out / "results.json").unlink()
+    r = _run(args + ["--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    got = json.loads((out / "results.json").read_text())["models"]
+    for k in ("trigram", "geo_abs"):
+        assert got[k]["val_ppl"] == ref[k]["val_ppl"]
+        assert [e["val_ppl"] for e in got[k]["epochs"]] == [e["val_ppl"] for e in ref[k]["epochs"]]
+    assert not list(mdir.glob("eval_*.npy"))
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_run_stops_cleanly_and_resumes_to_the_same_results(tinystories, tmp_path):
+    import signal
+    args = ["--data", str(tinystories), "--max-train-stories", "1000", "--max-val-stories", "50", "--epochs", "3",
+            "--vocab-size", "400", "--kappa-holdout", "20", "--dim", "32", "--successor-dim", "4",
+            "--models", "trigram,geo_abs,geo_rot", "--jobs", "2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert _run([*args, "--output", str(ref)]).returncode == 0
+    p = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--output", str(out)], stderr=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, text=True, env={**os.environ, "GEOLM_MPI": "0"})
+    lines = []
+    for line in p.stderr:  # signal the parent only, once the first model is mid-training
+        lines.append(line)
+        if "epoch 1/3" in line:
+            p.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + p.stderr.read()
+    assert p.wait(timeout=120) == 143, err[-2000:]
+    assert "resume with the same command plus --resume" in err and "Traceback" not in err
+    r = _run([*args, "--output", str(out), "--resume"])
+    assert r.returncode == 0, r.stderr[-1000:]
+    a = json.loads((ref / "results.json").read_text())["models"]
+    b = json.loads((out / "results.json").read_text())["models"]
+    for k in ("trigram", "geo_abs", "geo_rot"):
+        assert [e["val_ppl"] for e in a[k]["epochs"]] == [e["val_ppl"] for e in b[k]["epochs"]], k
+    assert not list((out / "models").glob("*/eval_*.npy"))
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
+    pytest.importorskip("mpi4py")
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not found")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run(["--data", str(tinystories), *SMALL, "--epochs", "1", "--output", str(one)]).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "GEOLM_MPI"}
+    r = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(SCRIPT), "--data", str(tinystories), *SMALL,
+                        "--epochs", "1", "--output", str(two)], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-1000:]
+    p1, p2 = _ppl(one), _ppl(two)
+    assert p1.keys() == p2.keys() and p1["bigram"] == p2["bigram"]  # exact: sharded integer counts
+    for k in p1:
+        assert p2[k] == pytest.approx(p1[k], rel=1e-5), k
+    g1 = json.loads((one / "results.json").read_text())["data"]["geometry"]
+    g2 = json.loads((two / "results.json").read_text())["data"]["geometry"]
+    assert g1["nnz_ppmi_counts"] == g2["nnz_ppmi_counts"] and g1["spectrum_kept"] == g2["spectrum_kept"]
+
+
+def test_balanced_bins_split_costs_evenly():
+    from geolm.apps.geometric_run import _balanced_bins, _cost
+    need = ["trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "geo_attention", "geo_shuffled"]
+    names = need + ["geo_abs_kappa", "hybrid_kappa"]
+    bins = _balanced_bins(need, 2, names)
+    assert sorted(n for b in bins for n in b) == sorted(need)
+    loads = [sum(_cost(n, names) for n in b) for b in bins]
+    assert max(loads) - min(loads) <= min(_cost(n, names) for n in need)  # no model could move to improve much
+    assert max(loads) < 205  # the dynamic longest-first queue's makespan on these costs
+    three = _balanced_bins(need, 3, names)
+    assert len(three) == 3 and sorted(n for b in three for n in b) == sorted(need)

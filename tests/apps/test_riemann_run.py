@@ -1,0 +1,147 @@
+"""End-to-end: examples/train_riemann.py on tiny settings (subprocess), its outputs, and its one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geolm.apps import riemann_run
+from geolm.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "train_riemann.py"
+TINY = ["--data", "builtin", "--max-train", "120", "--max-val", "20", "--dim", "16", "--layers", "1", "--heads", "2",
+        "--seq-len", "16", "--vocab-size", "300", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
+        "--warmup", "2", "--val-batches", "2", "--gen-tokens", "8", "--map-points", "0", "--threads", "1"]
+ODE = ["--rank", "4", "--hidden", "8", "--field-hidden", "16", "--ode-steps", "2"]
+
+
+def _run(args, timeout=240):
+    return subprocess.run([sys.executable, str(SCRIPT)] + args, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("control", [["--metric", "lowrank"] + ODE, ["--no-ode"]], ids=["lowrank", "no-ode"])
+def test_tiny_run_writes_outputs(control, tmp_path):
+    out = tmp_path / "run"
+    r = _run(TINY + control + ["--output", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ("metrics.jsonl", "summary.json", "curves.png", "telemetry.png", "story.txt"):
+        assert (out / f).is_file(), f
+    assert list(out.glob("ckpt_*.npz"))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 6 and np.isfinite(s["val_ppl"]) and s["val_ppl"] > 1
+    assert "built-in" in s["data"] and s["story"].startswith("Once upon a time")
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [3, 6]
+    if "--no-ode" in control:
+        assert "displacement" not in evals[-1]
+    else:
+        for k in ("displacement", "path_length", "metric_length", "linearity", "linearity_of_means", "logdet",
+                  "logdet_const", "logdet_K", "fdecay", "speed", "f_norm", "tel_ce", "tel_pen_field",
+                  "tel_pen_metric"):
+            assert k in evals[-1], k
+        assert evals[-1]["logdet_const"] == pytest.approx(12 * np.log(0.1))
+    assert "validation perplexity" in r.stdout
+    g = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--checkpoint", str(out), "--tokens",
+                        "5", "--prompt", "Once upon", "--top-k", "3"], capture_output=True, text=True, timeout=120)
+    assert g.returncode == 0 and g.stdout.splitlines()[1].startswith("Once upon"), g.stderr[-1500:]
+    g = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--checkpoint", str(out), "--prompt",
+                        " "], capture_output=True, text=True, timeout=120)
+    assert g.returncode == 2 and g.stderr.startswith("error:") and "--prompt" in g.stderr
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--rank", "17"], "--rank"),
+    (["--eps", "0"], "--eps"),
+    (["--eps", "-1"], "--eps"),
+    (["--no-ode", "--rank", "4"], "--no-ode"),
+    (["--no-ode", "--metric", "identity"], "--no-ode"),
+    (["--steps", "-1"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--heads", "3"], "--heads"),
+    (["--metric", "dense"], "--metric"),
+    (["--prompt", "\u2603\u2603"], "prompt"),
+    (["--temperature", "-1"], "--temperature"),
+])
+def test_bad_flags_one_line_exit_2(extra, needle, tmp_path):
+    r = _run(TINY + ["--output", str(tmp_path / "o")] + extra, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("error:") and needle in err[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "o").glob("ckpt_*.npz"))
+
+
+def test_output_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = _run(TINY + ["--output", str(f)], timeout=120)
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parse_explicit_flags():
+    assert riemann_run.explicit_flags(["--rank=3", "--no-ode", "x", "--lambda-metric", "1"]) == \
+        {"rank", "no_ode", "lambda_metric"}
+    with pytest.raises(ConfigError):
+        riemann_run.parse(["--no-ode", "--lambda-field=0.1"])
+    a = riemann_run.parse(["--no-ode"])
+    cfg, tcfg, rc = riemann_run.configs(a)
+    assert cfg.no_ode and tcfg.lr == 1e-3 and tcfg.b2 == 0.95 and rc.output == "runs/riemann"
+
+
+def test_split_chunk_masks_pad():
+    ch = np.array([[1, 2, 3, 9], [4, 5, 9, 9]], np.int32)
+    ids, tg = riemann_run.split_chunk(ch, pad_id=9)
+    np.testing.assert_array_equal(ids, [[1, 2, 3], [4, 5, 9]])
+    np.testing.assert_array_equal(tg, [[2, 3, -1], [5, -1, -1]])
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_and_resume_continues(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = TINY + ODE + ["--output", str(out), "--steps", "100000", "--eval-every", "0", "--log-every", "1"]
+    args[args.index("--gen-tokens") + 1] = "0"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT)] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and not ((out / "metrics.jsonl").exists()
+                                              and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-1500:]
+    assert f"--resume {out}" in err and "Traceback" not in err
+    ck = sorted(out.glob("ckpt_*.npz"))
+    assert ck
+    step = int(ck[-1].stem.split("_")[1])
+    r = _run(["--resume", str(out), "--steps", str(step + 2), "--gen-tokens", "0"])  # every other flag from the run
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
+
+
+def test_guarded_turns_numerical_error_into_nan():
+    from geolm.core.errors import NumericalError
+    msgs = []
+
+    def bad(theta, grad, batch):
+        raise NumericalError("K not PD")
+
+    f = riemann_run.guarded(bad, msgs.append, "a training step")
+    grad = np.zeros(3)
+    tg = np.array([[1, -1, 2]])
+    loss, stats = f(np.zeros(3), grad, (tg, tg))
+    assert np.isnan(loss) and np.isnan(grad).all() and stats["n"] == 2 and "K not PD" in msgs[0]
+    ev = riemann_run.guarded(lambda th, b: (_ for _ in ()).throw(NumericalError("x")), msgs.append, "evaluation")
+    s, n = ev(np.zeros(3), (tg, tg))
+    assert np.isnan(s) and n == 2
