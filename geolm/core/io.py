@@ -1,6 +1,7 @@
 """Files written whole or not at all, and strict JSON.
 
     atomic_write(path, data)        bytes/str, or a callable writing into a binary file object
+    atomic_dir(path, fill)          a directory filled by fill(tmp_dir), renamed into place whole
     write_json(path, obj)           json_safe(obj) as indented JSON, atomically
     json_safe(x)                    -> plain JSON types: numpy scalars/arrays -> Python, dataclasses -> dicts,
                                        Paths -> str, non-finite floats -> "nan" / "inf" / "-inf"
@@ -12,6 +13,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,25 @@ def atomic_write(path, data):
     finally:
         if tmp.exists():
             tmp.unlink()
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_dir(path, fill):
+    """Create directory `path` whole or not at all -> Path: fill(tmp) writes into a hidden sibling directory,
+    which then replaces `path` (an existing `path` is removed first). On any error the sibling is removed and
+    the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(tmp)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(path.parent)
     return path
 

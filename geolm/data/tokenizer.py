@@ -24,13 +24,12 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import ConfigError, DataError
+from ..core.io import atomic_dir
 
 SPECIALS = ("<unk>", "<pad>", "<|endoftext|>")
 UNK_TOKEN, PAD_TOKEN, EOS_TOKEN = SPECIALS
@@ -220,14 +219,7 @@ def get_tokenizer(train_texts, vocab_size=4096, min_frequency=5, cache_dir=None,
 
 def _save_atomic(tok, path):
     """Write into a temporary sibling, then rename, so a reader never sees half a tokenizer."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-        tok.save(tmp)
-        if path.exists():  # a corrupt entry (a valid one was returned before training)
-            shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        atomic_dir(path, tok.save)  # replaces a corrupt entry (a valid one was returned before training)
     except OSError:  # read-only cache, or another process renamed first: the tokenizer is still usable
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        pass

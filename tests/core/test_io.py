@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geolm.core.io import atomic_write, json_safe, write_json
+from geolm.core.io import atomic_dir, atomic_write, json_safe, write_json
 
 
 def test_json_safe_is_strict_json():
@@ -47,3 +47,20 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(p, boom)
     assert p.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    def fill(d, text):
+        (d / "a.txt").write_text(text)
+
+    atomic_dir(tmp_path / "d", lambda d: fill(d, "one"))
+    atomic_dir(tmp_path / "d", lambda d: fill(d, "two"))  # an existing directory is replaced
+    assert (tmp_path / "d" / "a.txt").read_text() == "two"
+
+    def boom(d):
+        fill(d, "half")
+        raise OSError("cut")
+
+    with pytest.raises(OSError):
+        atomic_dir(tmp_path / "d", boom)
+    assert (tmp_path / "d" / "a.txt").read_text() == "two" and os.listdir(tmp_path) == ["d"]
