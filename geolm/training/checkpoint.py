@@ -5,15 +5,16 @@ File `RUN_DIR/ckpt_<step:09d>.npz`, loaded with allow_pickle=False, holds:
     <name> arrays         e.g. adam_m, adam_v (same dtype as theta), extra.<name> from the caller
     meta                  UTF-8 JSON as uint8: format, geolm version, step, dtype, family, cfg, spec,
                           tokenizer hash and a free "train" dict (optimiser step, sampler and RNG state, ...)
-Write: temp file `.ckpt_*.tmp` in the same directory, flush + fsync, os.replace, fsync the directory, then
-prune to the newest `keep`. A kill -9 at any moment leaves the previous checkpoint intact; the loader only
+Write: geolm.core.io.atomic_write (temp file `.ckpt_*.tmp` in the same directory, fsync, rename, fsync the
+directory), then prune to the newest `keep`. A kill -9 at any moment leaves the previous checkpoint intact; the loader only
 looks at `ckpt_*.npz` (temp files are ignored and removed by the next save). A non-finite array is never
 written. Loading checks the zip CRCs (truncation, bit flips), the format, the model family, the config,
 the parameter layout and the tokenizer, and raises CheckpointError with one line naming the fix.
+
+Snapshots `RUN_DIR/eval_<step:09d>.npy` hold only theta: parameters waiting for a deferred evaluation
+(geolm.training.evaluation), written atomically, deleted once their evaluation is recorded.
 """
-import dataclasses
 import json
-import os
 import re
 import zipfile
 import zlib
@@ -23,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CheckpointError, NumericalError
+from ..core.io import atomic_write, json_safe
 
 FORMAT = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+_SNAPSHOT = re.compile(r"^eval_(\d+)\.npy$")
 
 
 def _geolm_version():
@@ -53,36 +56,6 @@ def latest_checkpoint(run_dir):
     return cks[-1] if cks else None
 
 
-def _default(x):
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.asdict(x)
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"{type(x).__name__} cannot go into a checkpoint's JSON")
-
-
-def _jsonable(x):
-    """Plain JSON types (dataclasses -> dicts, tuples -> lists), exactly as they read back from a checkpoint."""
-    return json.loads(json.dumps(x, default=_default))
-
-
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir, step, theta, meta, arrays=None, keep=3):
     """Atomically write RUN_DIR/ckpt_<step>.npz and keep the newest `keep`; returns its path.
 
@@ -98,22 +71,11 @@ def save_checkpoint(run_dir, step, theta, meta, arrays=None, keep=3):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise NumericalError(f"refusing to checkpoint non-finite {name!r} at step {step}; "
                                  f"the last good checkpoint in {run_dir} is kept")
-    meta = dict(_jsonable(meta), format=FORMAT, geolm_version=_geolm_version(), step=int(step),
+    meta = dict(json_safe(meta), format=FORMAT, geolm_version=_geolm_version(), step=int(step),
                 dtype=str(np.asarray(theta).dtype))
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    final = checkpoint_path(run_dir, step)
-    tmp = run_dir / f".{final.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(run_dir)
+    final = atomic_write(checkpoint_path(run_dir, step), lambda f: np.savez(f, **payload))
     for p in run_dir.glob(".ckpt_*.tmp"):  # left by a killed writer
         try:
             p.unlink()
@@ -162,7 +124,7 @@ def _flag(k):
 
 def check_config(have, want, what="checkpoint", where="--output"):
     """Raise CheckpointError naming every differing key: 'checkpoint has dim=64 but you passed --dim 32; ...'."""
-    have, want = _jsonable(have), _jsonable(want)
+    have, want = json_safe(have), json_safe(want)
     keys = [k for k in list(have) + [k for k in want if k not in have] if have.get(k, "?") != want.get(k, "?")]
     if not keys:
         return
@@ -225,3 +187,46 @@ def load_checkpoint(path_or_dir, expect_family=None, expect_cfg=None, expect_spe
                               f"run built tokenizer {str(expect_tokenizer)[:12]}; pass the same data and "
                               f"--vocab-size as the original run, or start a new --output")
     return Checkpoint(path=p, step=int(meta["step"]), theta=theta, meta=meta, arrays=data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameter snapshots for deferred evaluation
+
+def snapshot_path(run_dir, step):
+    return Path(run_dir) / f"eval_{int(step):09d}.npy"
+
+
+def save_snapshot(run_dir, step, theta):
+    """theta -> RUN_DIR/eval_<step>.npy, atomically; returns its path."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return atomic_write(snapshot_path(run_dir, step), lambda f: np.save(f, np.asarray(theta)))
+
+
+def list_snapshots(run_dir, last_step=None):
+    """Steps of the snapshots in run_dir (at most last_step), oldest first."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    steps = sorted(int(m.group(1)) for p in d.iterdir() if (m := _SNAPSHOT.match(p.name)) and p.is_file())
+    return [k for k in steps if last_step is None or k <= last_step]
+
+
+def load_snapshot(run_dir, step):
+    """The theta saved by save_snapshot(run_dir, step)."""
+    p = snapshot_path(run_dir, step)
+    try:
+        theta = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"snapshot {p} does not exist (evaluated already, or deleted); list the waiting "
+                              f"ones with list_snapshots") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"snapshot {p} is corrupt or truncated ({type(e).__name__}); delete it (that "
+                              f"step then has no evaluation)") from None
+    if theta.ndim != 1:
+        raise CheckpointError(f"snapshot {p} is not a flat parameter vector; delete it (that step then has no "
+                              f"evaluation)")
+    return theta
+
+
+def remove_snapshot(run_dir, step):
+    snapshot_path(run_dir, step).unlink(missing_ok=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from geolm.training import checkpoint as ck
-from geolm.training.checkpoint import (FORMAT, check_config, latest_checkpoint, list_checkpoints, load_checkpoint,
-                              save_checkpoint)
+from geolm.training.checkpoint import (FORMAT, check_config, latest_checkpoint, list_checkpoints, list_snapshots,
+                                      load_checkpoint, load_snapshot, remove_snapshot, save_checkpoint, save_snapshot)
 from geolm.core.errors import CheckpointError, NumericalError
 from geolm.core.params import ParamSpec
 
@@ -157,3 +157,24 @@ def test_missing_checkpoints(tmp_path):
     np.savez(tmp_path / "ckpt_000000001.npz", theta=np.zeros(3))  # an npz, but not ours
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path)
+
+
+def test_snapshots_round_trip_list_and_remove(tmp_path):
+    d = tmp_path / "run"
+    assert list_snapshots(d) == []
+    thetas = {k: np.random.default_rng(k).normal(size=5).astype(np.float32) for k in (12, 4, 8)}
+    for k, th in thetas.items():
+        save_snapshot(d, k, th)
+    _save(d, 8)  # checkpoints and temp files are not snapshots
+    (d / ".eval_000000016.npy.7.tmp").write_bytes(b"half")
+    assert list_snapshots(d) == [4, 8, 12] and list_snapshots(d, last_step=8) == [4, 8]
+    got = load_snapshot(d, 8)
+    assert got.dtype == np.float32 and np.array_equal(got, thetas[8])
+    remove_snapshot(d, 8)
+    remove_snapshot(d, 8)  # already gone: fine
+    assert list_snapshots(d) == [4, 12]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_snapshot(d, 8)
+    (d / "eval_000000004.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_snapshot(d, 4)
