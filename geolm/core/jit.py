@@ -8,19 +8,19 @@ import os
 
 import numba
 
-# OpenBLAS and Numba's OpenMP pool alternate in every training step; OpenMP's spin-waiting then
-# steals the BLAS cores (measured 383 ms vs 16 ms on a small step). The workqueue layer sleeps.
+# OpenBLAS and Numba's thread pool alternate in every training step; OpenMP's spin-waiting between parallel
+# regions steals the cores the BLAS threads need next. The workqueue layer sleeps instead.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 # error_model="numpy": float division by zero gives inf/nan as in NumPy instead of a ZeroDivisionError branch,
-# which is what stopped LLVM vectorising every loop with a division (Adam: 3.6x faster with it).
+# a branch that would stop LLVM from vectorising every loop with a division (Adam's update among them).
 njit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
-# Reductions only (float64 accumulators): reassociation lets LLVM vectorise the sum (4.5x on 636k float32);
-# the result differs from the sequential sum only in the last bits of a float64.
+# Reductions only (float64 accumulators): reassociation lets LLVM vectorise the sum; the result differs from the
+# sequential sum only in the last bits of a float64.
 njit_reassoc = numba.njit(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
-# Polynomial kernels (geolm.ops.expsum): reassociation for the sums and FMA contraction for Horner steps (one rounding
-# instead of two: at least as accurate, ~1.3x faster).
+# Polynomial kernels (geolm.ops.expsum): reassociation for the sums and FMA contraction for Horner steps (one
+# rounding instead of two: at least as accurate, and fewer instructions).
 njit_poly = numba.njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True, error_model="numpy")
 njit_parallel = numba.njit(cache=True, fastmath=False, nogil=True, parallel=True, error_model="numpy")
 prange = numba.prange
