@@ -101,16 +101,12 @@ def geometric_model(sh):
     nbr = np.stack([rng.choice(V, size=K, replace=False) for _ in range(V)])
     tables = geometric.build_tables(X, nbr, pad_id=V)
     mc = geometric.GeoModelConfig(name="hybrid", Vi=V + 1, V=V, H=sh["hidden"], C=C)
-    from geolm.core.params import ParamSpec
-    spec = ParamSpec(geometric.model_shapes(mc))
-    theta = spec.zeros(np.float32)
-    geometric.model_init_(mc, spec.views(theta), rng)
+    spec, theta = geometric.init_params(mc, rng)
     ctx = rng.integers(0, V + 1, size=(sh["batch"], C)).astype(np.int64)
     y = rng.integers(0, V, size=sh["batch"]).astype(np.int64)
 
     def lg(th, grad, idx):
-        grad[:] = 0.0
-        loss = geometric.model_loss_and_grads(mc, tables, spec.views(th), spec.views(grad), ctx[idx], y[idx])
+        loss, _ = geometric.loss_and_grads(th, grad, (ctx[idx], y[idx]), mc, spec, tables)
         return loss, len(idx)
     return spec.size, theta, lg, sh["batch"]
 

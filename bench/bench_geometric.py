@@ -36,7 +36,6 @@ from geolm.apps.geometric_run import EVAL_BATCH  # noqa: E402
 from geolm.ops.losses import xent_backward, xent_forward  # noqa: E402
 from geolm.ops.mlp import mlp_backward, mlp_forward  # noqa: E402
 from geolm.training.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
-from geolm.core.params import ParamSpec  # noqa: E402
 
 FULL = dict(V=3297, B=128, H=64, C=8, k=3, K=4, n_succ=2, k_succ=32, train=425_866, val=199_329, epochs=5)
 QUICK = dict(V=300, B=32, H=16, C=8, k=3, K=4, n_succ=2, k_succ=8, train=20_000, val=5_000, epochs=1)
@@ -68,9 +67,7 @@ def flops(mc, B):
 def problem(name, sh, tables, rng):
     mc = G.GeoModelConfig(name=name, Vi=sh["V"] + 1, V=sh["V"], H=sh["H"], C=sh["C"], k=sh["k"],
                           n_succ=sh["n_succ"], k_succ=sh["k_succ"])
-    spec = ParamSpec(G.model_shapes(mc))
-    theta = spec.zeros(np.float32)
-    G.model_init_(mc, spec.views(theta), rng)
+    spec, theta = G.init_params(mc, rng)
     grad = np.zeros_like(theta)
     ctx = rng.integers(0, sh["V"], (sh["B"], sh["C"])).astype(np.int32)
     ctx[0, :3] = sh["V"]  # some PAD
@@ -80,8 +77,7 @@ def problem(name, sh, tables, rng):
 
 def lean_step(mc, spec, theta, grad, adam, tables, ctx, y):
     """What geolm.training.train.fit does per batch: zero, loss+grads, global norm (finite guard + clip), fused clip+Adam."""
-    grad[:] = 0.0
-    loss = G.model_loss_and_grads(mc, tables, spec.views(theta), spec.views(grad), ctx, y)
+    loss, _ = G.loss_and_grads(theta, grad, (ctx, y), mc, spec, tables)
     norm = global_norm(grad)
     adam_step(theta, grad, adam, 1e-4, grad_scale=clip_scale(norm, 1.0))
     return loss
@@ -186,7 +182,7 @@ def naive_trigram_loss_grads(spec, theta, ctx, y, Vi):
 def validate_baseline(spec, theta, tables, mc, ctx, y):
     t64 = theta.astype(np.float64)
     g = np.zeros_like(t64)
-    loss = G.model_loss_and_grads(mc, tables, spec.views(t64), spec.views(g), ctx, y)
+    loss, _ = G.loss_and_grads(t64, g, (ctx, y), mc, spec, tables)
     ref, dp = naive_trigram_loss_grads(spec, t64, ctx, y, mc.Vi)
     gv = spec.views(g)
     err = max(float(np.abs(gv[a][b] - dp[a][b]).max()) for a in dp for b in dp[a])
@@ -236,8 +232,8 @@ def main(argv=None):
     t_naive = harness.measure(lambda: naive_trigram_loss_grads(spec, theta, ctx, y, mc.Vi), warmup=1,
                               repeat=args.repeat)[0]
     g = np.zeros_like(theta)
-    t_lean = harness.measure(lambda: G.model_loss_and_grads(mc, tables, spec.views(theta), spec.views(g), ctx, y),
-                             warmup=1, repeat=args.repeat)[0]
+    t_lean = harness.measure(lambda: G.loss_and_grads(theta, g, (ctx, y), mc, spec, tables), warmup=1,
+                             repeat=args.repeat)[0]
     print(f"\ntrigram loss+grads: one-hot matmul baseline {1e3 * t_naive:.2f} ms, row lookups + in-place xent "
           f"{1e3 * t_lean:.2f} ms ({t_naive / t_lean:.1f}x; validated, max grad err {err:.1e})")
     rows.append(dict(what="trigram loss+grads baseline (one-hot matmul)", seconds=t_naive))
@@ -258,11 +254,11 @@ def main(argv=None):
         for thr in (1, 0):
             with threadpool_limits(1 if thr == 1 else None):
                 peak = peak_1t if thr == 1 else peak1
-                t_lg = harness.measure(lambda: (grad.fill(0.0), G.model_loss_and_grads(
-                    mc, tables, spec.views(theta), spec.views(grad), ctx, y)), warmup=1, repeat=args.repeat)[0]
+                t_lg = harness.measure(lambda: G.loss_and_grads(theta, grad, (ctx, y), mc, spec, tables), warmup=1,
+                                       repeat=args.repeat)[0]
                 t_st = harness.measure(lambda: lean_step(mc, spec, theta, grad, adam, tables, ctx, y), warmup=1,
                                        repeat=args.repeat)[0]
-                t_ev = harness.measure(lambda: G.model_nll(mc, tables, spec.views(theta), cb, yb), warmup=1,
+                t_ev = harness.measure(lambda: G.eval_nll(theta, (cb, yb), mc, spec, tables), warmup=1,
                                        repeat=max(3, args.repeat // 2))[0]
             t5 = sh["epochs"] * (spe * t_st + n_eval * t_ev)
             if name in TABLE:

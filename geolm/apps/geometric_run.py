@@ -9,6 +9,7 @@ and is broadcast; training is data-parallel through geolm.training.train.fit; on
 Outputs: DIR/results.json, DIR/curves.png, DIR/models/<name>/ (checkpoints + metrics.jsonl), DIR/tokenizers/.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -179,40 +180,23 @@ def make_task(mc, tables, Xtr, ytr, Xva, yva, tok_hash=""):
     from ..core.params import ParamSpec
     from ..training.train import Task
 
-    spec = ParamSpec(G.model_shapes(mc))
-    cache = {}
-
-    def views(buf):
-        key = (buf.__array_interface__["data"][0], buf.dtype.str)
-        if key not in cache:
-            cache[key] = spec.views(buf)
-        return cache[key]
+    spec = ParamSpec(G.param_shapes(mc))
 
     def make_batch(idx):
         return Xtr[idx], ytr[idx]
-
-    def loss_and_grads(theta, grad, batch):
-        ctx, y = batch
-        grad[:] = 0.0
-        loss = G.model_loss_and_grads(mc, tables, views(theta), views(grad), ctx, y)
-        return loss, {"n": len(y)}
-
-    def eval_nll(theta, batch):
-        ctx, y = batch
-        return G.model_nll(mc, tables, views(theta), ctx, y)
 
     def val_batches():
         for i in range(0, len(yva), EVAL_BATCH):
             yield Xva[i:i + EVAL_BATCH], yva[i:i + EVAL_BATCH]
 
     return Task(family=f"geometric/{mc.name}", cfg=mc, spec=spec, n_train=len(ytr), make_batch=make_batch,
-                loss_and_grads=loss_and_grads, eval_nll=eval_nll, val_batches=val_batches, tokenizer_hash=tok_hash)
+                loss_and_grads=functools.partial(G.loss_and_grads, cfg=mc, spec=spec, tables=tables),
+                eval_nll=functools.partial(G.eval_nll, cfg=mc, spec=spec, tables=tables), val_batches=val_batches,
+                tokenizer_hash=tok_hash)
 
 
 def init_theta(mc, spec, seed):
-    theta = spec.zeros(np.float32)
-    G.model_init_(mc, spec.views(theta), np.random.default_rng([seed, sum(map(ord, mc.name))]))
-    return theta
+    return G.init_params(mc, np.random.default_rng([seed, sum(map(ord, mc.name))]))[1]
 
 
 def _epochs_from_history(history, spe):

@@ -12,28 +12,29 @@ bigram (spec 2.9 item 8, [inferred]); compare it with the neural bigram.
 Full-context mode (`full=True`, the published "hybrid" attention): the last position also attends to every
 context position, with a learned position embedding P [C,d] (instead of RoPE, [our default here]):
     slots  = [c_1..c_C, nbr[t]],  e_nb = [E[c_j] + P_j ; E[u]],  e_q = E[t] + P_C,  PAD positions masked.
-Backward: head backward -> dh; graph_attention_backward -> (de_q, de_nb, dp_attn); de_q and de_nb scatter-add into
-dE (embedding backward) and, in full mode, sum over the batch into dP.
+Backward (pure): head backward -> dh; graph_attention_backward -> (de_q, de_nb, dp_attn); de_q and de_nb become
+the embedding gradient as a RowGrad (scatter-adds into dE, geolm.core.params) and, in full mode, sum over the
+batch into dP.
 """
 import math
 
 import numpy as np
 
-from ..ops.embedding import _embedding_backward_nb
-from .geometric import mlp_lm_backward_into, mlp_lm_forward
+from . import geo_mlp
+from ..core.params import RowGrad, glorot_, normal_
 from ..ops.graph_attention import graph_attention_backward, graph_attention_forward, graph_attention_shapes
 from ..ops.mlp import mlp_init_, mlp_shapes
-from ..core.params import glorot_, normal_
 
 
-def attn_lm_shapes(Vi, d, H, V, C, full):
+def param_shapes(Vi, d, H, V, C, full):
     s = {"emb": {"w": (Vi, d)}, "attn": graph_attention_shapes(d), "head": mlp_shapes(d, H, V)}
     if full:
         s["pos"] = {"w": (C, d)}
     return s
 
 
-def attn_lm_init_(p, rng):
+def init_(p, rng):
+    """Embeddings N(0, 1/d), Glorot attention weights, zero biases, position rows N(0, 0.01/d), Glorot head."""
     d = p["emb"]["w"].shape[1]
     normal_(p["emb"]["w"], rng, 1.0 / math.sqrt(d))
     for n in ("wq", "wk", "wv"):
@@ -58,8 +59,8 @@ def _slots(ctx, nbr, pad_id, full):
     return np.where(mask, ids, 0), mask
 
 
-def attn_lm_forward(ctx, p, nbr, pad_id, full):
-    """ctx [B,C] int -> (logits [B,V], cache)."""
+def forward(p, ctx, nbr, pad_id, full):
+    """ctx [B,C] int -> (logits [B,V], cache); cache[-1] is the MLP head's cache."""
     E = p["emb"]["w"]
     B, C = ctx.shape
     ids, mask = _slots(ctx, nbr, pad_id, full)
@@ -70,32 +71,25 @@ def attn_lm_forward(ctx, p, nbr, pad_id, full):
         e_q += P[C - 1]
         e_nb[:, :C] += P  # [B,C,d] + [C,d]
     h, ca = graph_attention_forward(e_q, e_nb, mask, p["attn"])  # [B,d]
-    logits, ch = mlp_lm_forward(h, np.zeros((B, 0), np.int64), p["head"])  # [B,V]
-    return logits, (ctx, ids, mask, ca, ch, full)
+    logits, ch = geo_mlp.forward(p["head"], h, np.zeros((B, 0), np.int64))  # [B,V]
+    return logits, (ctx, ids, mask, ca, full, ch)
 
 
-def attn_lm_backward_into(dlogits, cache, dp, r=None, y=None):
-    """Fill ZEROED grad views dp from dlogits [B,V] (or the implicit xent form (e, r, y), see geometric)."""
-    ctx, ids, mask, ca, ch, full = cache
+def backward(dlogits, cache, xent=None):
+    """dlogits [B,V] -> dp nested like p (dp.emb.w a RowGrad); xent=(r, y): the implicit form (geo_mlp.backward)."""
+    ctx, ids, mask, ca, full, ch = cache
     C = ctx.shape[1]
-    dh = mlp_lm_backward_into(dlogits, ch, dp["head"], need_dx=True, r=r, y=y)  # [B,d]
-    de_q, de_nb, dpa = graph_attention_backward(dh, ca)
-    for n in ("wq", "wk", "wv"):
-        dp["attn"][n]["w"][...] = dpa[n]["w"]
-        dp["attn"][n]["b"][...] = dpa[n]["b"]
+    dh, dhead = geo_mlp.backward(dlogits, ch, xent=xent, need_dx=True)  # [B,d]
+    de_q, de_nb, dattn = graph_attention_backward(dh, ca)
     de_nb *= mask[:, :, None]  # masked slots were gathered from row 0: drop them
+    d = de_q.shape[1]
+    # e_q = E[t] (+ P_C),  e_nb = E[slots] (+ P on the context slots)
+    demb = RowGrad(((np.ascontiguousarray(ctx[:, -1]), np.ascontiguousarray(de_q)),
+                    (np.ascontiguousarray(ids.reshape(-1)), np.ascontiguousarray(de_nb.reshape(-1, d)))))
+    dp = {"emb": {"w": demb}, "attn": dattn, "head": dhead}
     if full:
-        dp["pos"]["w"][C - 1] += de_q.sum(axis=0)  # e_q = E[t] + P_C
-        dp["pos"]["w"] += de_nb[:, :C].sum(axis=0)  # e_nb[:, :C] = E[c] + P
-    dE = dp["emb"]["w"]
-    d = dE.shape[1]
-    _embedding_backward_nb(dE, np.ascontiguousarray(ctx[:, -1]), np.ascontiguousarray(de_q))
-    _embedding_backward_nb(dE, np.ascontiguousarray(ids.reshape(-1)), np.ascontiguousarray(de_nb.reshape(-1, d)))
-
-
-def attn_lm_backward(dlogits, cache, p):
-    """Pure form: -> dp (freshly allocated, p's nesting)."""
-    dp = {k: {kk: (np.zeros_like(vv) if not isinstance(vv, dict) else {x: np.zeros_like(y) for x, y in vv.items()})
-              for kk, vv in v.items()} for k, v in p.items()}
-    attn_lm_backward_into(dlogits, cache, dp)
+        dpos = np.zeros((C, d), de_q.dtype)
+        dpos[C - 1] += de_q.sum(axis=0)
+        dpos += de_nb[:, :C].sum(axis=0)  # [B,C,d] -> [C,d]
+        dp["pos"] = {"w": dpos}
     return dp

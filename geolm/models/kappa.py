@@ -17,15 +17,14 @@ of t; the constant -1 cancels in the softmax, and so does log p = l - logsumexp(
     NLL' = logsumexp_w(l_w + a cont_w - b D_w) - (l_y + a cont_y - b D_y)      on the raw logits l:
 one dense [M,V] feature (cont) and a sparse correction per row; both coefficient pairs in one pass.
 """
-import math
-
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from .geometric import _exp_rows, model_forward, nll_rows
-from ..geometry.graph import edge_kappa, kappa_lookup
+from .geometric import forward
 from ..core.jit import njit
+from ..geometry.graph import edge_kappa, kappa_lookup
+from ..ops.losses import nll_rows, perplexity, shifted_exp_rows
 
 PUBLISHED = (1.0, 1.0)
 
@@ -123,7 +122,7 @@ def biased_nll(logp, cont, kap, y, a, b):
     fill(z)
     rows = np.arange(len(y))
     zy = z[rows, y].astype(np.float64)
-    s, c = _exp_rows(z, fill)  # z -> e = exp(z - c), s = row sums (one vectorised pass for float32)
+    s, c = shifted_exp_rows(z, fill)  # z -> e = exp(z - c), s = row sums
     s = s.astype(np.float64)
     nll = np.log(s) - zy + (c[:, 0] if c is not None else 0.0)
     p_dot_c = np.einsum("mv,mv->m", z, cont, dtype=np.float64) / s  # E_p'[cont]
@@ -156,10 +155,6 @@ def biased_eval_nll(logits, ctx, y, X, A, pad_id, a, b):
     cont, kap = bias_features(X, A, ctx, pad_id, logp.dtype)
     s, _ = biased_nll(logp, cont, kap, y, a, b)
     return s, len(y)
-
-
-def ppl(nll_sum, n):
-    return math.exp(nll_sum / n) if nll_sum / n < 700 else math.inf
 
 
 def edge_bias(A):
@@ -202,7 +197,7 @@ def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=
     fit = {"a": 0.0, "b": 0.0, "source": "none (no held-out stories)"}
     if Xho is not None and len(yho):
         sel = np.sort(np.random.default_rng([seed, 11]).permutation(len(yho))[:n_fit])
-        logits, _ = model_forward(mc, tables, p, Xho[sel])
+        logits, _ = forward(p, Xho[sel], mc, tables)
         cont, kap = bias_features(X, A, Xho[sel], pad_id)
         a, b, info = fit_coefficients(log_softmax(logits), cont, kap, yho[sel])
         fit = dict(info, a=a, b=b, source=f"{len(sel)} held-out positions")
@@ -212,13 +207,13 @@ def kappa_variants(mc, tables, X, A, p, Xva, yva, Xho, yho, pad_id, seed, batch=
     scratch = None
     for i in range(0, len(yva), batch):
         ctx, y = Xva[i:i + batch], yva[i:i + batch]
-        logits, _ = model_forward(mc, tables, p, ctx)  # [M,V]
+        logits, _ = forward(p, ctx, mc, tables)  # [M,V]
         cont = continuity(X, ctx[:, -2], ctx[:, -1], pad_id, logits.dtype)  # [M,V]
         if scratch is None or scratch.shape != logits.shape:
             scratch = np.empty_like(logits)
         for key, (a, b) in pairs.items():
             sums[key] += float(biased_nll_rows(logits, cont, D, ctx[:, -1], y, a, b, out=scratch).sum())
     n = len(yva)
-    out = {key: {"val_ppl": ppl(sums[key], n), "val_loss": sums[key] / n} for key in pairs}
+    out = {key: {"val_ppl": perplexity(sums[key], n), "val_loss": sums[key] / n} for key in pairs}
     out["fit"] = fit
     return out

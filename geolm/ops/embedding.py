@@ -4,14 +4,15 @@ N flattened ids . V vocab . D width
 
     forward:  y[..., :] = w[ids[...], :]              ids int [...], w [V,D] -> y [..., D]
     backward: dw[v, :] = sum_{i: ids_i = v} dy_i      (repeated ids accumulate)
-`embedding_backward_ref` uses np.add.at (unbuffered, correct for repeats but slow);
-`_embedding_backward_nb` is a plain scalar loop in Numba; the public `embedding_backward` uses it.
+`embedding_backward_ref` uses np.add.at (unbuffered, correct for repeats but slow); the public
+`embedding_backward` uses geolm.core.params.scatter_add_rows, a scalar Numba loop (the same kernel that
+accumulates a `RowGrad`).
 Reference: llm.c `encoder_backward`.
 """
 import numpy as np
 
 from ..core.errors import DataError
-from ..core.jit import njit
+from ..core.params import scatter_add_rows
 
 
 def embedding_forward(ids, w):
@@ -36,21 +37,10 @@ def embedding_backward_ref(dy, cache):
     return dw
 
 
-@njit
-def _embedding_backward_nb(dw, ids, dy):
-    """dw [V,D] (zeroed, accumulated into), ids [N], dy [N,D]."""
-    N, D = dy.shape
-    for i in range(N):
-        r = ids[i]
-        for j in range(D):
-            dw[r, j] += dy[i, j]
-
-
 def embedding_backward(dy, cache):
     """dy [..., D] -> dw [V,D] (Numba scatter-add)."""
     ids, V = cache
     D = dy.shape[-1]
     dw = np.zeros((V, D), dtype=dy.dtype)
-    _embedding_backward_nb(dw, np.ascontiguousarray(ids.reshape(-1)),
-                           np.ascontiguousarray(dy.reshape(-1, D)))  # [..., D] -> [N,D]
+    scatter_add_rows(dw, ids.reshape(-1), dy.reshape(-1, D))  # [..., D] -> [N,D]
     return dw

@@ -6,10 +6,10 @@ exp(x) = 2^n * p(f),  n = round(x / ln2),  f = x - n*ln2 (Cody-Waite: ln2 = C1 -
 p(f) = 1 + f + f^2 * q(f) on |f| <= ln2/2, q the degree-5 minimax polynomial of Cephes expf (<= 1-2 ulp);
 the product 2^n * p(f) is formed by adding n << 23 to p's exponent bits through an int32 view of the row, so the
 loop vectorises (Numba/LLVM: no calls, float32 constants, FMA contraction; a second, read-only pass sums the row
-in float64). 2.5x faster than NumPy's exp + sum on [2048, 3297] (1.9 vs 4.9 ms, one thread).
+in float64).
 Entries below -87 give 0 (exp would be a float32 subnormal, < 1.7e-38: flushed to zero). Entries above 88 (exp
 overflows float32) and NaN are not computed faithfully: they are counted in `bad` and the caller must redo those
-rows another way (geometric._exp_rows: the shifted path).
+rows another way (geolm.ops.losses.shifted_exp_rows: the shifted path).
 `exp_rows_ref` is the NumPy reference (np.exp, float64 sums).
 """
 import numpy as np

@@ -1,10 +1,12 @@
 import json
+import pickle
 
 import numpy as np
 import pytest
 
 from geolm.training.optim import adam_init, adam_step
-from geolm.core.params import ParamSpec, accumulate, glorot_, normal_
+from geolm.core.params import (ParamSpec, RowGrad, accumulate, glorot_, normal_, scatter_add_rows,
+                               scatter_add_rows_ref)
 
 SHAPES = {"emb": {"w": (5, 3)}, "blocks": {"0": {"w": (3, 4), "b": (4,)}, "1": {"w": (4, 2), "b": (2,)}},
           "scale": (1,)}
@@ -99,3 +101,74 @@ def test_inits(rng):
     n = np.zeros((200, 100), np.float32)
     normal_(n, rng, 0.02)
     assert n.dtype == np.float32 and abs(n.std() - 0.02) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F", [0, 2])
+def test_rowgrad_accumulate_matches_dense(rng, dtype, F):
+    """A RowGrad adds exactly what the dense gradient (head rows + np.add.at of every scatter) adds."""
+    spec = ParamSpec({"t": {"w": (F + 6, 3)}, "b": (3,)})
+    head = rng.standard_normal((F, 3)).astype(dtype) if F else None
+    vals = rng.standard_normal((5, 3)).astype(dtype)
+    scatters = ((np.array([F + 1, F + 4, F + 1, F + 1, F]), vals),  # repeated rows accumulate
+                (np.array([F + 5]), rng.standard_normal((1, 3)).astype(dtype)),
+                (np.array([F + 4, F + 4, F + 2, F, F + 3]), vals))  # values shared between scatters
+    dense = np.zeros((F + 6, 3), dtype)
+    if F:
+        dense[:F] += head
+    for rows, v in scatters:
+        np.add.at(dense, rows, v)
+    grad = spec.zeros(dtype) + 1.0
+    g = spec.views(grad)
+    accumulate(g, {"t": {"w": RowGrad(scatters, head)}, "b": np.ones(3, dtype)})
+    tol = 1e-6 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(g["t"]["w"], 1.0 + dense, rtol=tol)
+    assert g["t"]["w"].dtype == dtype and g["b"].tolist() == [2.0] * 3
+
+
+def test_rowgrad_into_zeros_is_exact(rng):
+    """Into a zeroed buffer the sums are formed in scatter order, bit for bit as sequential += would."""
+    w = np.zeros((4, 2), np.float32)
+    vals = rng.standard_normal((6, 2)).astype(np.float32)
+    rows = np.array([1, 3, 1, 1, 0, 3])
+    RowGrad(((rows, vals),)).add_to(w)
+    want = np.zeros((4, 2), np.float32)
+    for r, v in zip(rows, vals):
+        want[r] += v
+    np.testing.assert_array_equal(w, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,R,D", [(1, 1, 1), (0, 3, 2), (50, 4, 7), (9, 1000, 16)])
+def test_scatter_add_rows_matches_reference(rng, dtype, M, R, D):
+    rows = rng.integers(0, R, M)
+    vals = rng.standard_normal((M, D)).astype(dtype)
+    got = rng.standard_normal((R, D)).astype(dtype)
+    ref = got.copy()
+    scatter_add_rows(got, rows, vals)
+    scatter_add_rows_ref(ref, rows, vals)
+    np.testing.assert_allclose(got, ref, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_views_are_cached_per_buffer_and_never_stale(rng):
+    spec = ParamSpec(SHAPES)
+    a = rng.standard_normal(spec.size)
+    p = spec.views(a)
+    assert spec.views(a) is p  # built once per buffer
+    b = a.copy()
+    q = spec.views(b)
+    assert q is not p and all(np.shares_memory(v, b) for v in (q["emb"]["w"], q["scale"]))
+    a32 = a.astype(np.float32)
+    assert spec.views(a32)["emb"]["w"].dtype == np.float32
+    # buffers come and go (addresses get reused): every dict returned views the buffer it was asked for
+    for _ in range(20):
+        c = rng.standard_normal(spec.size)
+        v = spec.views(c)
+        np.testing.assert_array_equal(v["blocks"]["1"]["b"], c[15 + 12 + 4 + 8:15 + 12 + 4 + 8 + 2])
+        assert np.shares_memory(v["scale"], c)
+        del c, v
+    assert len(spec._cache) <= 4
+    theta = spec.zeros()
+    spec.views(theta)
+    spec2 = pickle.loads(pickle.dumps(spec))
+    assert spec2 == spec and spec2._cache == []

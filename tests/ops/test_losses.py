@@ -5,7 +5,8 @@ import pytest
 
 from geolm.core.errors import DataError
 from geolm.core.gradcheck import check_grads
-from geolm.ops.losses import nll_sum, perplexity, xent_backward, xent_forward
+from geolm.ops.losses import (nll_rows, nll_sum, perplexity, shifted_exp_rows, xent_backward, xent_factors,
+                              xent_forward)
 from naive_nn import xent_naive
 
 
@@ -106,3 +107,108 @@ def test_xent_backward_is_pure(rng):
     d1 = xent_backward(1.0, cache)
     np.testing.assert_array_equal(d1, xent_backward(1.0, cache))
     np.testing.assert_allclose(xent_backward(2.0, cache), 2.0 * d1)
+
+
+# ---------------------------------------------------------------- fast tier (implicit form, in place)
+
+def _explicit(e, r, y):
+    """The gradient xent_factors leaves implicit: r[:,None] * e - onehot(y) / N."""
+    d = r[:, None] * e
+    d[np.arange(len(y)), y] -= 1.0 / len(y)
+    return d
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 40.0, -40.0])  # 40 * randn: rows beyond +-60 take the shifted path
+def test_xent_factors_matches_reference(rng, dtype, scale):
+    logits = (scale * rng.standard_normal((6, 13))).astype(dtype)
+    logits[2] -= 200.0  # a row far below: shifted, not underflowed
+    y = rng.integers(0, 13, 6)
+    ref, cache = xent_forward(logits.astype(np.float64), y)
+    dref = xent_backward(1.0, cache)
+    e = logits.copy()
+    loss, r = xent_factors(e, y)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    assert abs(loss - ref) <= tol * abs(ref) and r.dtype == dtype and e.dtype == dtype
+    np.testing.assert_allclose(_explicit(e, r, y), dref, atol=tol)
+    nll = nll_rows(logits, y)
+    assert nll.dtype == np.float64
+    np.testing.assert_allclose(nll.mean(), ref, rtol=tol)
+    np.testing.assert_allclose(nll.sum(), nll_sum(logits.astype(np.float64), y)[0], rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (40.0, 0.0), (1.0, -200.0), (1.0, 300.0)])
+def test_xent_factors_refill_matches_shifted(rng, dtype, scale, shift):
+    """The optimistic no-max path, and its refill fallback (overflow, underflow), equal the shifted computation."""
+    logits = (scale * rng.standard_normal((6, 13)) + shift).astype(dtype)
+    logits[1] += 5.0
+    y = rng.integers(0, 13, 6)
+    e1, e2 = logits.copy(), logits.copy()
+    calls = []
+
+    def refill(z):
+        calls.append(1)
+        z[...] = logits
+
+    l1, r1 = xent_factors(e1, y)
+    l2, r2 = xent_factors(e2, y, refill)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    assert abs(l1 - l2) <= tol * abs(l1)
+    np.testing.assert_allclose(r1[:, None] * e1, r2[:, None] * e2, atol=tol)
+    fallback = not (scale == 1.0 and shift == 0.0) and (dtype == np.float32 or shift < 0)  # float64 exp: 1e308
+    assert len(calls) == int(fallback)
+    z = logits.copy()
+    np.testing.assert_allclose(nll_rows(z, y, overwrite=True, refill=refill), nll_rows(logits, y), rtol=tol)
+
+
+@pytest.mark.parametrize("refill", [False, True])
+def test_fast_tier_float32_at_extreme_logits_matches_float64_oracle(rng, refill):
+    """float32 logits of +-1e4, rows just below and above exp's float32 range (88), a row at -100: the loss, its
+    gradient and the NLL rows agree with the float64 reference on the same (float32-rounded) logits."""
+    V = 9
+    logits = rng.standard_normal((7, V)).astype(np.float32)
+    logits[0] = [1e4, 0.0, -1e4, 5.0, 1e4, -3.0, 2.0, 9e3, 0.5]
+    logits[1] += 87.5  # exp still finite in float32
+    logits[2] += 95.0  # exp overflows float32 without a shift
+    logits[3] -= 100.0  # exp underflows: the row sum would be 0
+    logits[4, 3] = 3e4
+    logits[5] = -1e4
+    y = np.array([2, 0, 1, 8, 3, 4, 5])
+    ref, cache = xent_forward(logits.astype(np.float64), y)
+    dref = xent_backward(1.0, cache)
+    nref = nll_rows(logits.astype(np.float64), y)
+    fill = (lambda z: z.__setitem__(Ellipsis, logits)) if refill else None
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        e = logits.copy()
+        loss, r = xent_factors(e, y, fill)
+        z = logits.copy()
+        nll = nll_rows(z, y, overwrite=True, refill=fill)
+    assert math.isclose(loss, ref, rel_tol=1e-6)
+    np.testing.assert_allclose(_explicit(e, r, y), dref, atol=1e-6)
+    np.testing.assert_allclose(nll, nref, rtol=1e-6, atol=1e-6)
+    assert math.isclose(nref[0], 2e4 + math.log(2.0), rel_tol=1e-12)
+
+
+def test_shifted_exp_rows_shift_only_when_needed(rng):
+    z = rng.standard_normal((3, 4))
+    e = z.copy()
+    s, c = shifted_exp_rows(e)
+    assert c is None
+    np.testing.assert_allclose(e, np.exp(z), rtol=1e-15)
+    np.testing.assert_allclose(s, np.exp(z).sum(axis=1), rtol=1e-15)
+    z[1] += 70.0
+    e = z.copy()
+    s, c = shifted_exp_rows(e)
+    np.testing.assert_array_equal(c[:, 0], z.max(axis=1))
+    np.testing.assert_allclose(e, np.exp(z - c), rtol=1e-15)
+
+
+def test_xent_factors_propagates_nan(rng):
+    logits = rng.standard_normal((3, 5)).astype(np.float32)
+    logits[1, 2] = np.nan
+    loss, _ = xent_factors(logits.copy(), np.array([0, 1, 2]))
+    assert np.isnan(loss)
+    z = logits.copy()
+    loss, _ = xent_factors(z, np.array([0, 1, 2]), lambda b: b.__setitem__(Ellipsis, logits))
+    assert np.isnan(loss)
