@@ -8,15 +8,13 @@ views are never rebound: update theta (or a view) in place.
 `accumulate(grad_views, dp)` adds a backward's gradient dict into the grad views. A leaf of dp is a dense array
 or a `RowGrad`, the gradient of a [R,D] table read by row lookups, which is sparse in rows:
     dW[:F] += head,   dW[rows_i[m]] += values_i[m]   for every scatter i, m = 1..M_i in order (repeats accumulate)
-so a step never allocates, zeroes or adds a dense [R,D] array for it.
+so a step never allocates, zeroes or adds a dense [R,D] array for it (geolm.core.scatter adds the rows).
 """
 import json
 import math
 from typing import NamedTuple
 
 import numpy as np
-
-from .jit import njit
 
 _VIEW_CACHE = 4  # buffers whose views a spec keeps (theta and grad of a run, plus a few temporaries)
 
@@ -97,6 +95,7 @@ class RowGrad(NamedTuple):
 
     def add_to(self, dst):
         """dst [R,D] += this gradient, in place."""
+        from .scatter import scatter_add_rows  # lazy: importing geolm (which re-exports ParamSpec) loads no Numba
         if self.head is not None:
             dst[:self.head.shape[0]] += self.head
         for rows, values in self.scatters:
@@ -113,26 +112,6 @@ def accumulate(dst, src):
             v.add_to(dst[k])
         else:
             dst[k] += v
-
-
-def scatter_add_rows_ref(dst, rows, values):
-    """NumPy reference of `scatter_add_rows` (np.add.at: unbuffered, so repeated rows accumulate)."""
-    np.add.at(dst, rows, values)  # [M,D] scattered into [R,D]
-
-
-@njit
-def _scatter_add_rows_nb(dst, rows, values):
-    # dst [R,D] += values [M,D] at rows [M], sequentially (repeated rows accumulate in order m = 0..M-1)
-    M, D = values.shape
-    for m in range(M):
-        r = rows[m]
-        for j in range(D):
-            dst[r, j] += values[m, j]
-
-
-def scatter_add_rows(dst, rows, values):
-    """dst[rows[m]] += values[m] for m = 0..M-1 in order; dst [R,D], rows [M] int in [0, R), values [M,D]."""
-    _scatter_add_rows_nb(dst, np.ascontiguousarray(rows), np.ascontiguousarray(values))
 
 
 def glorot_(w, rng):

@@ -5,14 +5,14 @@ N flattened ids . V vocab . D width
     forward:  y[..., :] = w[ids[...], :]              ids int [...], w [V,D] -> y [..., D]
     backward: dw[v, :] = sum_{i: ids_i = v} dy_i      (repeated ids accumulate)
 `embedding_backward_ref` uses np.add.at (unbuffered, correct for repeats but slow); the public
-`embedding_backward` uses geolm.core.params.scatter_add_rows, a scalar Numba loop (the same kernel that
+`embedding_backward` uses geolm.core.scatter.scatter_add_rows, a scalar Numba loop (the same kernel that
 accumulates a `RowGrad`).
 Reference: llm.c `encoder_backward`.
 """
 import numpy as np
 
 from ..core.errors import DataError
-from ..core.params import scatter_add_rows
+from ..core.scatter import scatter_add_rows
 
 
 def embedding_forward(ids, w):

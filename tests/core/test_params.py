@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from geolm.training.optim import adam_init, adam_step
-from geolm.core.params import (ParamSpec, RowGrad, accumulate, glorot_, normal_, scatter_add_rows,
-                               scatter_add_rows_ref)
+from geolm.core.params import ParamSpec, RowGrad, accumulate, glorot_, normal_
 
 SHAPES = {"emb": {"w": (5, 3)}, "blocks": {"0": {"w": (3, 4), "b": (4,)}, "1": {"w": (4, 2), "b": (2,)}},
           "scale": (1,)}
@@ -136,18 +135,6 @@ def test_rowgrad_into_zeros_is_exact(rng):
     for r, v in zip(rows, vals):
         want[r] += v
     np.testing.assert_array_equal(w, want)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,R,D", [(1, 1, 1), (0, 3, 2), (50, 4, 7), (9, 1000, 16)])
-def test_scatter_add_rows_matches_reference(rng, dtype, M, R, D):
-    rows = rng.integers(0, R, M)
-    vals = rng.standard_normal((M, D)).astype(dtype)
-    got = rng.standard_normal((R, D)).astype(dtype)
-    ref = got.copy()
-    scatter_add_rows(got, rows, vals)
-    scatter_add_rows_ref(ref, rows, vals)
-    np.testing.assert_allclose(got, ref, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
 def test_views_are_cached_per_buffer_and_never_stale(rng):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geolm.core.params import scatter_add_rows
+from geolm.core.scatter import scatter_add_rows
 from geolm.ops.embedding import embedding_backward, embedding_backward_ref, embedding_forward
 from geolm.core.errors import DataError
 from geolm.core.gradcheck import check_grads
