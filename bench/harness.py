@@ -186,3 +186,61 @@ def validate(name, outs, ref_outs, tol):
         if not e <= tol:
             raise AssertionError(f"{name}: output {i} differs from the baseline by rel err {e:.2e} > {tol:.0e}")
     return worst
+
+
+def norm_rel_err(a, b):
+    """||a - b|| / ||b|| (Frobenius, float64); 0 when both are zero (validation of whole arrays)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    nb = float(np.linalg.norm(b))
+    d = float(np.linalg.norm(a - b))
+    return d / nb if nb > 0 else d
+
+
+def _proc_status_kb(key):
+    """A 'VmRSS' / 'VmHWM' line of /proc/self/status in kB, or None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes():
+    """Resident set size of this process now (Linux /proc), or None."""
+    kb = _proc_status_kb("VmRSS")
+    return None if kb is None else kb * 1024
+
+
+def reset_peak_rss():
+    """Reset the process's peak resident set (VmHWM) to its current RSS (Linux: /proc/self/clear_refs '5');
+    -> True if reset. getrusage's ru_maxrss only grows, so a peak of one phase needs this (or a fresh process)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes():
+    """Peak resident set size since the process started or the last reset_peak_rss (VmHWM), in bytes; falls back
+    to getrusage's ru_maxrss (never reset) where /proc is missing."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is None:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return kb * 1024
+
+
+def trim_heap():
+    """Return the C heap's free memory to the OS (glibc malloc_trim), so the RSS measured next counts live memory
+    rather than what an earlier phase freed; -> True if trimmed (False off glibc)."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
