@@ -15,15 +15,17 @@ The torch steps (torch is imported only here, never by geolm/ or tests/):
              global-norm clip; fused AdamW with riemann_run's lr, betas, eps and decoupled weight decay.
              Plain autograd: every stage's activations stay alive until backward (geolm's adjoint recomputes them).
   geometric  frozen coordinate features X[ctx] + one-hot id rows of fc1 (row gathers), ReLU, fc2, mean
-             cross-entropy, clip 1, Adam as bench_geometric.lean_step (lr 1e-4, betas (0.9, 0.999), eps 1e-8).
+             cross-entropy, clip 1, Adam as bench_geometric.lean_step (lr 1e-4, betas (0.9, 0.999), eps 1e-8;
+             fused AdamW with decay 0).
 Both sides start from geolm's parameters and data (geolm init -> spec.named(theta) -> tensors).
 Validation, before anything is timed (a mismatch aborts naming the array): loss, every gradient, and every
 parameter's update after one optimiser step, norm-wise relative error ||a - b|| / ||b|| per array, float64
 <= 1e-9 and float32 <= 1e-3, on small shapes; at the timed shapes the two sides' first-step losses must agree
 to 1e-3 as well.
-Timing: each side in its own subprocess; geolm's BLAS and Numba threads = torch.set_num_threads = --threads
-(default: all cores; --quick: 1). One step on a single sequence (kernel loading, on throw-away parameters), one warm-up
-step at the timed shape from the initial parameters, then the median of --repeat steps.
+Timing: each side in its own subprocess, one after the other; geolm's BLAS and Numba threads =
+torch.set_num_threads = --threads (default: all cores; --quick: 1). One step on a single sequence (kernel
+loading, on throw-away parameters), one warm-up step at the timed shape from the initial parameters, then the
+median of --repeat steps.
 Memory: the process's peak resident set (VmHWM, reset after the warm-up) over the timed steps: interpreter,
 libraries, parameters, optimiser state, data and the step's temporaries; "step MiB" = that peak minus the
 resident set just before the warm-up step (imports, parameters, data, optimiser and loaded kernels, after the
