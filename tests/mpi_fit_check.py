@@ -26,6 +26,7 @@ SCENARIOS = {
     "tiny64": (dict(dtype="float64"), dict(batch_size=1), None),  # rank 1 gets empty shards
     "nan64": (dict(dtype="float64", nan_at=(3,), ranks=(1,)), dict(batch_size=8), None),
     "raise64": (dict(dtype="float64", raise_at=(5,), ranks=(1,)), dict(batch_size=7), None),
+    "evalraise64": (dict(dtype="float64", eval_raise_at=(0,), ranks=(1,)), dict(batch_size=8), None),
     "even32": (dict(dtype="float32"), dict(batch_size=16), None),
     "resume64": (dict(dtype="float64"), dict(batch_size=6), 4),
 }

@@ -4,7 +4,8 @@
     loss   = mean_i -log softmax(logits_i)[y_i]
     dlogits = (softmax - onehot(y)) / n;  dW = X^T dlogits;  db = sum_i dlogits_i
 Fault injection: the k-th call (0-based, per process) of loss_and_grads listed in nan_at returns a NaN loss
-and gradient, in inf_at an Inf in the gradient only, in raise_at raises NumericalError; `ranks` limits injection to those MPI ranks.
+and gradient, in inf_at an Inf in the gradient only, in raise_at raises NumericalError; the k-th call of eval_nll
+listed in eval_raise_at raises NumericalError; `ranks` limits injection to those MPI ranks.
 `delay` sleeps in each call (for signal tests).
 """
 import math
@@ -15,6 +16,7 @@ import numpy as np
 
 from geolm.core.errors import NumericalError
 from geolm.core.params import ParamSpec
+from geolm.training.distributed import get_comm
 from geolm.training.train import Task
 
 
@@ -35,7 +37,7 @@ def _xent(theta, spec, X, y):
 
 
 def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", seed=0, nan_at=(), inf_at=(),
-                  ranks=None, delay=0.0, raise_at=(), family="toy", noise=False):
+                  ranks=None, delay=0.0, raise_at=(), family="toy", noise=False, eval_raise_at=()):
     """(task, theta0). noise=True gives the task an RNG that perturbs each batch's inputs (RNG-state test)."""
     cfg = ToyConfig(features, classes, dtype)
     dt = np.dtype(dtype)
@@ -47,11 +49,10 @@ def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", 
     spec = ParamSpec({"W": (features, classes), "b": (classes,)})
     theta = spec.zeros(dt)
     spec.views(theta)["W"][...] = 0.1 * rng.normal(size=(features, classes))
-    calls = {"n": 0}
+    calls = {"n": 0, "eval": 0}
     task_rng = np.random.default_rng(seed + 1) if noise else None
 
     def rank():
-        from geolm.training.distributed import get_comm
         return get_comm().rank
 
     def make_batch(idx):
@@ -88,6 +89,10 @@ def make_toy_task(n_train=96, n_val=40, features=6, classes=4, dtype="float64", 
 
     def eval_nll(theta, batch):
         Xb, yb = batch
+        k = calls["eval"]
+        calls["eval"] += 1
+        if k in eval_raise_at and (ranks is None or rank() in ranks):
+            raise NumericalError("metric not positive definite in evaluation (toy)")
         return float(_xent(theta, spec, Xb, yb)[2].sum()), len(yb)
 
     def val_batches():

@@ -8,11 +8,13 @@ Under MPI the counts are computed on shards of the stories and summed (exact int
 and is broadcast; training is data-parallel through geolm.training.train.fit; only rank 0 writes.
 Outputs: DIR/results.json, DIR/curves.png, DIR/models/<name>/ (checkpoints + metrics.jsonl), DIR/tokenizers/.
 """
+import concurrent.futures as cf
 import dataclasses
 import functools
-import json
 import math
+import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,18 +22,33 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_info
 
+from ..core.config import check_output_dir, opt, positive, require
+from ..core.errors import ConfigError, GeolmError
+from ..core.io import write_json
+from ..core.params import ParamSpec
+from ..data.batches import context_windows
+from ..data.corpus import load_corpus
+from ..data.tokenizer import get_tokenizer
+from ..geometry.coords import sphere_coords, successor_coords
+from ..geometry.graph import neighbour_graph, topk_graph
+from ..geometry.pmi import cooccurrence, directed_cooccurrence, ppmi
 from ..models import geometric as G
-from ..core.config import opt, positive, require
-from ..core.errors import ConfigError
 from ..models.kappa import kappa_variants
+from ..models.ngram import bigram_fit, bigram_nll
+from ..ops.losses import perplexity
+from ..training.checkpoint import latest_checkpoint
+from ..training.distributed import configure_threads, get_comm, root_only, thread_limit
+from ..training.train import Task, TrainConfig, TrainingInterrupted, fit, record_deferred, run_deferred_eval
+from .plots import plot_curves
 
 TRAINED = tuple(G.MODELS)
 KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
 ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
               "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
               "geo_successor_shuffled")
-EVAL_BATCH = 512  # positions per evaluation forward: [512, V] logits stay in cache for the exp pass (4 % vs 2048)
+EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay in cache for the exp pass
 
 
 @dataclass(frozen=True)
@@ -95,9 +112,6 @@ def _log(msg, comm):
 
 def load_data(cfg, comm):
     """-> dict(tok, train/val/heldout id lists, source line, provenance fields)."""
-    from ..data.corpus import load_corpus
-    from ..data.tokenizer import get_tokenizer
-
     corpus = load_corpus(cfg.data, cfg.val_data, max_train=cfg.max_train_stories + cfg.kappa_holdout,
                          max_val=cfg.max_val_stories, seed=cfg.seed, quiet=comm.rank != 0,
                          allow_builtin=cfg.builtin_fallback)
@@ -138,10 +152,6 @@ def _allgather_obj(comm, obj):
 
 def build_geometry(cfg, tok, train, comm):
     """Symmetric coords X [V,k], graph (nbr, A), successor coords Xout, their permutation controls, info."""
-    from ..geometry.coords import sphere_coords, successor_coords
-    from ..geometry.graph import topk_graph
-    from ..geometry.pmi import cooccurrence, directed_cooccurrence, ppmi
-
     V, unk = tok.V, tok.unk_id
     sm = cfg.ppmi_smoothing or None
     C = _shard_counts(cooccurrence, train, V, comm, window=cfg.window, exclude=(unk,))
@@ -158,7 +168,6 @@ def build_geometry(cfg, tok, train, comm):
         X, nbr, Xout, info, sinfo = svd()
     else:
         X, nbr, Xout, info, sinfo = comm.bcast_obj(svd() if comm.rank == 0 else None)
-    from ..geometry.graph import neighbour_graph
     A = neighbour_graph(nbr, V)
     rng = np.random.default_rng([cfg.seed, 7])
     perm, perm2 = rng.permutation(V), rng.permutation(V)
@@ -209,7 +218,7 @@ def _epochs_from_history(history, spe):
             tr.setdefault(e, []).append(r["loss"])
         if r.get("kind") == "eval":
             e = int(round(r["step"] / spe))
-            if r.get("val_ppl") is not None or e not in out:  # a queued evaluation's record follows fit's empty one
+            if r.get("val_ppl") is not None or e not in out:  # a deferred evaluation's record follows the pending one
                 out[e] = r.get("val_ppl")
     return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e]}
             for e in sorted(out)]
@@ -218,23 +227,18 @@ def _epochs_from_history(history, spe):
 # ---------------------------------------------------------------------------- the run
 
 def _windows(stories, C, pad):
-    from ..data.batches import context_windows
-
     X, y = context_windows(stories, C, pad)
     return np.ascontiguousarray(X, dtype=np.int32), np.ascontiguousarray(y, dtype=np.int32)
 
 
 def run(cfg, *, progress=True, comm=None):
     """Train and score every requested model; write results.json and curves.png (rank 0). -> results dict."""
-    from ..training.distributed import configure_threads, get_comm
     comm = comm or get_comm()
     configure_threads(cfg.threads, comm)
     names = model_list(cfg.models)
     need = [n for n in names if n in TRAINED] + [KAPPA[n] for n in names if n in KAPPA]
     need = list(dict.fromkeys(need))
     out = Path(cfg.output)
-    from ..core.config import check_output_dir
-    from ..training.distributed import root_only
     root_only(comm, check_output_dir, out)  # a bad --output fails on every rank, before any work
     t_all = time.perf_counter()
 
@@ -262,11 +266,10 @@ def run(cfg, *, progress=True, comm=None):
 
     results = {}
     if "bigram" in names:
-        from ..models.ngram import bigram_fit, bigram_nll
         t0 = time.perf_counter()
         counts = bigram_fit(Xtr[:, -1], ytr, V)
         s, n = bigram_nll(counts, Xva[:, -1], yva)
-        results["bigram"] = {"val_ppl": math.exp(s / n), "val_loss": s / n, "epochs": [], "params": 0,
+        results["bigram"] = {"val_ppl": perplexity(s, n), "val_loss": s / n, "epochs": [], "params": 0,
                              "seconds": time.perf_counter() - t0}
 
     spe = max(1, math.ceil(len(ytr) / cfg.batch_size))
@@ -278,23 +281,21 @@ def run(cfg, *, progress=True, comm=None):
         for entries, _, _ in map(_train_models, [[n] for n in need]):
             results.update(entries)  # also models trained only as the base of a kappa variant
     else:  # models in parallel processes, one BLAS thread each; a static balanced split of the estimated costs
-        import multiprocessing
         bins = _balanced_bins(need, jobs, names)
         _log(f"training {len(need)} models in {jobs} processes (1 thread each): "
              + " | ".join(",".join(b) for b in bins) + "; evaluations queued to whichever process is free", comm)
-        from concurrent.futures import ProcessPoolExecutor
         ctx = multiprocessing.get_context("fork")
         _JOB["stop"] = ctx.Event()  # inherited by the forked workers: fit's should_stop
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
             done = _run_pool(pool, bins, results)
-        _merge_deferred(results, done, out / "models", comm)
+        _merge_deferred(results, done, comm)
 
     results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
     summary = {"config": dataclasses.asdict(cfg), "data": data, "models": results,
                "seconds_total": time.perf_counter() - t_all, "threads": _threads()}
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "results.json", summary)
+        write_json(out / "results.json", summary)
         write_curves(out / "curves.png", results, cfg.epochs)
     return summary
 
@@ -302,7 +303,7 @@ def run(cfg, *, progress=True, comm=None):
 _JOB = {}
 
 
-# relative training cost per model (seconds of the 2k / 5-epoch table on one thread, bench_geometric --table)
+# relative training cost per model (used to balance the process bins; unlisted models cost 44)
 COST = {"geo_attention_full": 75, "geo_attention": 62, "trigram": 56, "hybrid": 56, "neural_bigram": 52}
 KAPPA_COST = 9  # the two kappa variants scored on top of a trained base
 
@@ -313,8 +314,7 @@ def _cost(name, names=()):
 
 def _balanced_bins(need, jobs, names=()):
     """Split models into `jobs` lists, each trained in order by one process, minimising the largest estimated
-    total (exact over subsets for 2 processes, longest-first greedy otherwise). 7 models of 43-65 s on two
-    processes: the dynamic longest-first queue gave 205 s, the exact split ~185 s."""
+    total (exact over subsets for 2 processes, longest-first greedy otherwise)."""
     cost = {n: _cost(n, names) for n in need}
     if jobs == 2 and len(need) <= 16:
         total = sum(cost.values())
@@ -336,8 +336,6 @@ def _train_models(names):
     """Train a list of models in order in this process -> ({name: entry}, deferred jobs, interrupted) (see
     _train_model). In a pool process an interrupt (fit checkpointed and raised TrainingInterrupted, a SystemExit
     that would kill the worker and leave its task unanswered) comes back as interrupted = exit code."""
-    from ..training.train import TrainingInterrupted
-
     out, deferred = {}, []
     for n in names:
         try:
@@ -354,7 +352,6 @@ def _train_models(names):
 def _worker_init():
     """Pool processes ignore SIGINT outside fit (in fit it means: checkpoint and stop), so Ctrl-C never prints a
     worker's traceback; the parent stops training workers through _JOB["stop"] (see _run_pool)."""
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -367,12 +364,6 @@ def _run_pool(pool, bins, results):
     stay on disk for --resume); then TrainingInterrupted (exit 130 / 143) with the resume line. No process is killed,
     so no queue lock is left held. A worker that dies (e.g. out of memory) ends the run with a one-line GeolmError,
     not a hang."""
-    import concurrent.futures as cf
-    import signal
-
-    from ..core.errors import GeolmError
-    from ..training.train import TrainingInterrupted
-
     got = {}
     old = {s: signal.signal(s, lambda signum, frame: got.setdefault("signum", signum))
            for s in (signal.SIGINT, signal.SIGTERM)}
@@ -445,16 +436,12 @@ def _train_model(name):
     """Train one model with geolm.training.train.fit -> ({name: entry, kappa variant names: entries}, deferred jobs).
 
     Sequential (one process): fit evaluates after every epoch and the kappa variants built on the model are scored
-    right after it. Parallel processes (_JOB["jobs"] > 1): fit trains without evaluating; each epoch's parameters are
-    saved as DIR/models/<name>/eval_<step>.npy and this returns the jobs instead, ("eval", name, step, snapshot
-    path) per epoch and ("kappa", variant, name, final theta), which the pool runs on whichever process is free
-    (_run_deferred): evaluations are small, independent pieces of work, so the two processes end together however
-    unequal their models are. Same numbers as a sequential run with --threads 1 (BLAS bits depend on thread count).
-    A snapshot is deleted once its evaluation is merged (_merge_deferred); snapshots left by an interrupted run are
-    evaluated when it is resumed."""
-    from ..training.checkpoint import latest_checkpoint
-    from ..training.train import TrainConfig, fit
-
+    right after it. Parallel processes (_JOB["jobs"] > 1): fit(defer_eval=True) saves each epoch's parameters as a
+    snapshot instead of evaluating, and this returns the jobs: ("eval", name, step, None) per waiting snapshot and
+    ("kappa", variant, name, final theta), which the pool runs on whichever process is free (_run_deferred):
+    evaluations are small, independent pieces of work, so the two processes end together however unequal their
+    models are. Same numbers as a sequential run with --threads 1 (BLAS bits depend on thread count). Snapshots
+    left by an interrupted run are queued again (or, sequentially, evaluated by fit) when it is resumed."""
     J = _JOB
     cfg = J["cfg"]
     parallel = J["jobs"] > 1
@@ -463,25 +450,21 @@ def _train_model(name):
                        seed=cfg.seed, threads=threads, log_every=_log_every(J["spe"]), keep_checkpoints=1)
     mc = _model_config(name)
     task = _model_task(mc)
-    if parallel:
-        task = dataclasses.replace(task, val_batches=lambda: iter(()))  # fit's evaluations come back empty
     theta = init_theta(mc, task.spec, cfg.seed)
     comm = J["comm"]
-    run_dir = Path(cfg.output) / "models" / name
+    run_dir = _run_dir(name)
     _log(f"[{name}] {task.spec.size:,} parameters, {J['spe']} steps/epoch x {cfg.epochs} epochs", comm)
     t0 = time.perf_counter()
 
-    def on_eval(step, theta):  # one line per epoch when fit's own bar is off (parallel model processes)
-        if parallel and comm.rank == 0:
-            _save_snapshot(run_dir, step, theta)
+    def on_eval(rec, theta):  # one line per epoch when fit's own progress lines are off (parallel processes)
         if not J["progress"]:
-            _log(f"[{name}] epoch {step / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
-        return {}
+            _log(f"[{name}] epoch {rec['step'] / J['spe']:.0f}/{cfg.epochs} ({time.perf_counter() - t0:.0f} s)", comm)
 
     stop = J.get("stop")
     resume = cfg.resume and latest_checkpoint(run_dir) is not None  # a model the interrupted run never began starts
     res = fit(task, theta, tcfg, run_dir, resume=resume, progress=J["progress"], comm=comm, on_eval=on_eval,
-              resume_hint="the same command plus --resume", should_stop=stop.is_set if stop is not None else None)
+              resume_hint="the same command plus --resume", should_stop=stop.is_set if stop is not None else None,
+              defer_eval=parallel)
     secs = time.perf_counter() - t0
     entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
              "epochs": _epochs_from_history(res["history"], J["spe"]), "seconds": secs,
@@ -489,13 +472,11 @@ def _train_model(name):
              "skipped_steps": res["skipped"], "threads": threads, "final_step": res["steps_done"]}
     out = {name: entry}
     kappas = [k for k, base in KAPPA.items() if base == name and k in J["names"]]
-    evals = [("eval", name, step, str(path)) for step, path in _snapshots(run_dir, res["steps_done"])]
     if parallel:
+        evals = [("eval", name, step, None) for step in res["pending"]]
         _log(f"[{name}] trained in {secs:.1f} s; {len(evals)} evaluations queued", comm)
         # kappa first: the longest jobs, so the queue's tail is short evaluations
         return out, [("kappa", k, name, theta.copy()) for k in kappas] + evals
-    if evals:  # snapshots an interrupted parallel run left behind
-        _merge_deferred(out, [_run_deferred(j) for j in evals], Path(cfg.output) / "models", comm)
     _log(f"[{name}] val ppl {_fmt(entry['val_ppl'])} in {secs:.1f} s", comm)
     for kname in kappas:
         out.update(_kappa_entries(kname, mc, task.spec, theta))
@@ -506,87 +487,54 @@ def _fmt(ppl):
     return "-" if ppl is None else f"{ppl:.2f}"
 
 
-def _snapshot_path(run_dir, step):
-    return Path(run_dir) / f"eval_{step:09d}.npy"
-
-
-def _save_snapshot(run_dir, step, theta):
-    """theta -> run_dir/eval_<step>.npy, atomically (a cut write leaves no file that looks complete)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = _snapshot_path(run_dir, step)
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, theta)
-    os.replace(tmp, path)
-
-
-def _snapshots(run_dir, last_step):
-    """[(step, path)] of the parameter snapshots waiting in run_dir for evaluation (steps <= last_step)."""
-    out = []
-    for path in sorted(run_dir.glob("eval_*.npy")):
-        try:
-            step = int(path.stem[5:])
-        except ValueError:
-            continue
-        if step <= last_step:
-            out.append((step, path))
-    return out
+def _run_dir(name):
+    return Path(_JOB["cfg"].output) / "models" / name
 
 
 def _run_deferred(job):
-    """One queued job in a pool process (one thread) -> (kind, name, arg, result, seconds)."""
-    from ..training.distributed import thread_limit
-    from ..training.train import evaluate
-
-    kind, name, arg, theta = job  # eval: (step, snapshot path); kappa: (base model, final theta)
+    """One queued job in a pool process (one thread) -> (kind, name, arg, result, seconds); an evaluation's result
+    is its completed eval record (geolm.training.train.run_deferred_eval)."""
+    kind, name, arg, theta = job  # eval: (step, None); kappa: (base model, final theta)
     t0 = time.perf_counter()
-    with thread_limit(1, _JOB["comm"]):
+    comm = _JOB["comm"]
+    with thread_limit(1, comm):
         if kind == "eval":
-            result = evaluate(_model_task(_model_config(name)), np.load(theta), _JOB["comm"])  # (val_loss, val_ppl)
+            result = run_deferred_eval(_model_task(_model_config(name)), _run_dir(name), arg, comm)
         else:
             mc = _model_config(arg)
             result = _kappa_entries(name, mc, _model_task(mc).spec, theta)
     return kind, name, arg, result, time.perf_counter() - t0
 
 
-def _merge_deferred(results, done, models_dir, comm):
-    """Put the queued evaluations into results (per-epoch val_ppl, final val_ppl / val_loss, best_val_ppl, seconds
-    incl. evaluation), append them to each model's metrics.jsonl, delete their snapshots; add the kappa entries."""
+def _merge_deferred(results, done, comm):
+    """Put the finished queued jobs into results: kappa entries; each model's evaluations are recorded in its
+    metrics.jsonl (record_deferred, which deletes their snapshots) and merged into its entry (per-epoch val_ppl,
+    final val_ppl / val_loss, best_val_ppl, seconds incl. evaluation)."""
     spe = _JOB["spe"]
     evals = {}
-    for kind, name, step, result, secs in done:
+    for kind, name, _, result, secs in done:
         if kind == "kappa":
             results.update(result)
-            continue
-        evals.setdefault(name, []).append((step, result, secs))
+        else:
+            evals.setdefault(name, []).append((result, secs))
     for name, rows in evals.items():
+        record_deferred(_run_dir(name), [r for r, _ in rows], comm)
         e = results[name]
-        rows.sort(key=lambda r: r[0])
-        by_epoch = {int(round(step / spe)): res for step, res, _ in rows}
+        by_epoch = {int(round(r["step"] / spe)): r["val_ppl"] for r, _ in rows}
         known = {ep["epoch"] for ep in e["epochs"]}
         e["epochs"] += [{"epoch": k, "train_loss": None, "val_ppl": None} for k in sorted(by_epoch) if k not in known]
         e["epochs"].sort(key=lambda ep: ep["epoch"])
         for ep in e["epochs"]:
             if ep["epoch"] in by_epoch:
-                ep["val_ppl"] = by_epoch[ep["epoch"]][1]
-        for step, (vl, vp), _ in rows:
-            if step == e["final_step"]:
-                e["val_loss"], e["val_ppl"] = vl, vp
-        finite = [ep["val_ppl"] for ep in e["epochs"] if ep["val_ppl"] is not None and math.isfinite(ep["val_ppl"])]
+                ep["val_ppl"] = by_epoch[ep["epoch"]]
+        for r, _ in rows:
+            if r["step"] == e["final_step"]:
+                e["val_loss"], e["val_ppl"] = r["val_loss"], r["val_ppl"]
+        finite = [v for v in (ep["val_ppl"] for ep in e["epochs"]) if isinstance(v, float) and math.isfinite(v)]
         e["best_val_ppl"] = min(finite) if finite else None
-        e["eval_seconds"] = sum(r[2] for r in rows)
+        e["eval_seconds"] = sum(secs for _, secs in rows)
         e["seconds"] += e["eval_seconds"]
         _log(f"[{name}] val ppl {_fmt(e['val_ppl'])}; {e['seconds']:.1f} s with evaluation", comm)
-        if comm.rank == 0:
-            best = None
-            with open(models_dir / name / "metrics.jsonl", "a") as f:
-                for step, (vl, vp), _ in rows:
-                    best = vp if best is None or (vp is not None and vp < best) else best
-                    f.write(json.dumps({"kind": "eval", "step": step, "epoch": int(round(step / spe)),
-                                        "val_loss": vl, "val_ppl": vp, "best_val_ppl": best,
-                                        "deferred": True}) + "\n")
-            for step, _, _ in rows:
-                _snapshot_path(models_dir / name, step).unlink(missing_ok=True)
 
 
 def _kappa_entries(kname, mc, spec, theta):
@@ -608,29 +556,12 @@ def _kappa_entries(kname, mc, spec, theta):
 
 def _threads():
     try:
-        from threadpoolctl import threadpool_info
         return max((i.get("num_threads", 0) for i in threadpool_info()), default=0)
     except Exception:  # noqa: BLE001
         return 0
 
 
-def _write_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(type(x).__name__)
-
-
 def write_curves(path, results, epochs):
-    from .plots import plot_curves
-
     curves = {}
     for name, r in results.items():
         if r.get("epochs"):

@@ -1,10 +1,10 @@
 """The Riemannian ODE LM pipeline behind examples/train_riemann.py, callable from Python.
 
 corpus (geolm.data) -> BPE tokenizer (geolm.data.tokenizer, cached in the run directory) -> stories of model ids
--> EOS-joined stream cut into [M, T+1] chunks (geolm.data.batches) -> Task -> geolm.training.train.fit (AdamW, clipping,
-checkpoints, exact resume, non-finite guard) with telemetry (geolm.apps.telemetry) on a fixed validation batch at
-every evaluation -> full-validation perplexity, summary.json, curves.png, telemetry.png, semantic_map.png,
-a generated story (story.txt).
+-> EOS-joined stream cut into [M, T+1] chunks (geolm.data.batches) -> Task -> geolm.training.train.fit (AdamW,
+clipping, checkpoints, exact resume, non-finite guard) with telemetry (geolm.apps.telemetry) on a fixed validation
+batch at every evaluation -> full-validation perplexity (geolm.training.evaluation.evaluate), summary.json,
+curves.png, telemetry.png, semantic_map.png, a generated story (story.txt).
 
     parser = build_parser();  args = parser.parse_args(argv)
     result = run(args)            # -> dict (also written to DIR/summary.json)
@@ -13,9 +13,7 @@ for this model below) and RunConfig (data, output, evaluation, generation).
 """
 import dataclasses
 import functools
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +21,21 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.config import ArgParser, add_args, check_output_dir, from_args, from_dict, opt, require
+from ..core.errors import CheckpointError, ConfigError, DataError, GeolmError, NumericalError
+from ..core.io import atomic_write, write_json
+from ..core.params import ParamSpec
+from ..data.batches import sequence_chunks
+from ..data.corpus import DEFAULT_HUB, load_corpus
+from ..data.tokenizer import Tok, get_tokenizer
 from ..models import riemann
-from ..core.config import ArgParser, add_args, from_args, opt, require
-from ..core.errors import ConfigError, DataError, GeolmError, NumericalError
+from ..training.checkpoint import load_checkpoint
+from ..training.distributed import get_comm, root_only
+from ..training.train import Task, TrainConfig, evaluate, fit
+from .generate import check_sampling, encode_prompt, generate_text
+from .plots import plot_curves, plot_telemetry
+from .semantic import semantic_map
+from .telemetry import trajectory_telemetry
 
 # TrainConfig defaults for this model (spec 1.4: KAHLER's AdamW (0.9, 0.95), wd 1e-4, clip 1; peak lr 1e-3)
 TRAIN_DEFAULTS = dict(steps=400, batch_size=16, lr=1e-3, schedule="cosine", warmup=50, min_lr=1e-4,
@@ -66,7 +76,6 @@ class RunConfig:
 
 
 def build_parser(prog="train_riemann.py"):
-    from ..training.train import TrainConfig
     p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).",
                   allow_abbrev=False)
     g = p.add_argument_group("model")
@@ -83,7 +92,6 @@ def build_parser(prog="train_riemann.py"):
 
 def configs(args):
     """argparse Namespace -> (RiemannConfig, TrainConfig, RunConfig), validated."""
-    from ..training.train import TrainConfig
     return from_args(riemann.RiemannConfig, args), from_args(TrainConfig, args), from_args(RunConfig, args)
 
 
@@ -110,7 +118,6 @@ def parse(argv, prog="train_riemann.py"):
 def _resume_defaults(args):
     """--resume DIR: every model / training / data flag not given on the command line is taken from DIR's newest
     checkpoint, so `--resume DIR` alone continues the run as it was started (given flags are still checked)."""
-    from ..training.checkpoint import load_checkpoint
     ck = load_checkpoint(args.resume, expect_family="riemann")
     saved = dict(ck.meta.get("cfg", {}))
     saved.update(ck.meta.get("tcfg", {}))
@@ -125,9 +132,6 @@ def _resume_defaults(args):
 
 def prepare_data(cfg, rc, seed=0, quiet=False):
     """-> dict(corpus, tok, train_ids, val_ids (lists of int arrays), train_chunks, val_chunks [M, T+1] int32)."""
-    from ..data.batches import sequence_chunks
-    from ..data.corpus import load_corpus
-    from ..data.tokenizer import get_tokenizer
     corpus = load_corpus(rc.data, rc.val_data, rc.max_train, rc.max_val, seed=seed, quiet=quiet)
     out_dir = Path(rc.resume or rc.output)
     tok = get_tokenizer(corpus.train, cfg.vocab_size, rc.min_frequency, cache_dir=out_dir)  # -> DIR/tokenizers/<key>/
@@ -160,46 +164,16 @@ def batches_of(chunks, bs, limit=0, pad_id=None):
     return [split_chunk(chunks[i:i + bs], pad_id) for i in stops]
 
 
-def guarded(fn, warn, what):
-    """fn(theta, *a) with a NumericalError (e.g. a metric K that is not PD in float32) turned into a NaN result,
-    so that fit's non-finite guard skips the step, backs off the learning rate and stops after repeated failures
-    (with the last good checkpoint intact); the first few messages are printed."""
-    seen = [0]
-
-    def wrapper(theta, *a):
-        try:
-            return fn(theta, *a)
-        except NumericalError as e:
-            seen[0] += 1
-            if seen[0] <= 3:
-                warn(f"warning: {what} hit a numerical failure ({seen[0]}): {e}")
-            if len(a) == 2:  # loss_and_grads(theta, grad, batch)
-                a[0][...] = np.nan
-                return math.nan, {"n": int(np.sum(np.asarray(a[1][1]) != -1)), "numerical_errors": seen[0]}
-            return math.nan, int(np.sum(np.asarray(a[0][1]) != -1))  # eval_nll(theta, batch)
-    return wrapper
-
-
-def make_task(cfg, spec, data, tcfg, rc, warn=print):
-    from ..training.train import Task
+def make_task(cfg, spec, data, tcfg, rc):
+    """The fit Task: training chunks, and the first rc.val_batches validation batches (0 = all) for fit's
+    evaluations."""
     tr, va = data["train_chunks"], data["val_chunks"]
     val = batches_of(va, tcfg.batch_size, rc.val_batches, data["tok"].pad_id)
     return Task(family="riemann", cfg=cfg, spec=spec, n_train=len(tr),
                 make_batch=lambda idx: split_chunk(tr[idx]),
-                loss_and_grads=guarded(functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec), warn,
-                                       "a training step"),
-                eval_nll=guarded(functools.partial(riemann.eval_nll, cfg=cfg, spec=spec), warn, "evaluation"),
+                loss_and_grads=functools.partial(riemann.loss_and_grads, cfg=cfg, spec=spec),
+                eval_nll=functools.partial(riemann.eval_nll, cfg=cfg, spec=spec),
                 val_batches=lambda: iter(val), tokenizer_hash=data["tok"].hash)
-
-
-def full_val_ppl(eval_nll, theta, chunks, bs, pad_id=None):
-    """(perplexity, #targets) over every validation chunk; eval_nll(theta, batch) -> (nll sum, n)."""
-    nll, n = 0.0, 0
-    for b in batches_of(chunks, bs, 0, pad_id):
-        s, k = eval_nll(theta, b)
-        nll += s
-        n += k
-    return (math.exp(nll / n) if nll / n < 700 else math.inf) if n else math.nan, n
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,15 +185,15 @@ def _median(xs):
 
 def _where(data):
     """A data argument as recorded in checkpoints: local paths made absolute, None -> the default hub name."""
-    from ..data.corpus import DEFAULT_HUB
     if data is None:
         return DEFAULT_HUB
     p = Path(data).expanduser()
     return str(p.resolve()) if p.exists() else str(data)
 
 
-def _log_line(step, rec):
-    parts = [f"eval step {step}: val ppl {rec.get('val_ppl', float('nan')):.2f}"]
+def _log_line(rec):
+    v = rec.get("val_ppl")
+    parts = [f"eval step {rec['step']}: val ppl " + (f"{v:.2f}" if isinstance(v, float) else str(v))]
     for k, fmt in (("tel_ce", "ce {:.3f}"), ("displacement", "disp {:.3g}"), ("path_length", "path {:.3g}"),
                    ("linearity", "lin {:.3f}"), ("logdet", "logdet {:.1f}"), ("fdecay", "fDecay {:.3f}"),
                    ("speed", "speed {:.3g}")):
@@ -239,12 +213,7 @@ def _after(fn, warn, what, *a):
         return None
 
 
-def _plots(out_dir, history, cfg, warn):
-    try:
-        from .plots import plot_curves, plot_telemetry
-    except ImportError as e:  # plots module missing in a partial install
-        warn(f"plots skipped ({e})")
-        return {}
+def _plots(out_dir, history, cfg):
     tr = [r for r in history if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
     ev = [r for r in history if r.get("kind") == "eval" and isinstance(r.get("val_loss"), (int, float))]
     curves = {"train loss": ([r["step"] for r in tr], [r["loss"] for r in tr]),
@@ -257,13 +226,8 @@ def _plots(out_dir, history, cfg, warn):
     return out
 
 
-def _semantic(out_dir, theta, cfg, spec, data, rc, seed, warn):
+def _semantic(out_dir, theta, cfg, spec, data, rc, seed):
     if cfg.no_ode or rc.map_points == 0:
-        return None
-    try:
-        from .semantic import semantic_map
-    except ImportError as e:
-        warn(f"semantic map skipped ({e})")
         return None
     res = semantic_map(theta, cfg, spec, data["tok"], data["val_ids"], path=out_dir / "semantic_map.png",
                        n=rc.map_points, seed=seed)
@@ -271,7 +235,6 @@ def _semantic(out_dir, theta, cfg, spec, data, rc, seed, warn):
 
 
 def _story(theta, cfg, spec, tok, rc, seed):
-    from .generate import generate_text
     if rc.gen_tokens == 0:
         return None
     p = spec.views(theta)
@@ -283,16 +246,12 @@ def _story(theta, cfg, spec, tok, rc, seed):
 def run(args, progress=True):
     """Train per the parsed flags; write DIR/{metrics.jsonl, summary.json, curves.png, telemetry.png,
     semantic_map.png, story.txt, ckpt_*.npz}; return the summary dict."""
-    from .generate import check_sampling, encode_prompt
-    from .telemetry import trajectory_telemetry
-    from ..training.train import fit
     cfg, tcfg, rc = configs(args)
     if rc.resume and rc.output != RunConfig.output and Path(rc.output) != Path(rc.resume):
         raise ConfigError(f"--resume {rc.resume} and --output {rc.output} differ; pass only --resume DIR")
     out_dir = Path(rc.resume or rc.output)
-    from ..core.config import check_output_dir
-    from ..training.distributed import get_comm, root_only
-    root_only(get_comm(), check_output_dir, out_dir)  # a file or unwritable --output fails before any work
+    comm = get_comm()
+    root_only(comm, check_output_dir, out_dir)  # a file or unwritable --output fails before any work
     check_sampling(rc.temperature, rc.top_k, rc.gen_tokens)
 
     def say(msg):
@@ -306,7 +265,7 @@ def run(args, progress=True):
         encode_prompt(tok, rc.prompt)  # a prompt that tokenizes to nothing fails now, not after training
     cfg = dataclasses.replace(cfg, n_vocab=tok.V)
     spec, theta = riemann.init_params(cfg, np.random.default_rng(tcfg.seed))
-    task = make_task(cfg, spec, data, tcfg, rc, warn=say)
+    task = make_task(cfg, spec, data, tcfg, rc)
     ntr, nva = data["train_chunks"], data["val_chunks"]
     say(f"data: {data['corpus'].source}")
     say(f"tokenizer: V={tok.V} (hash {str(tok.hash)[:12]}); train {ntr.shape[0]} x {cfg.seq_len} tokens, "
@@ -318,26 +277,13 @@ def run(args, progress=True):
         f"prep {time.perf_counter() - t0:.1f} s")
     tel_ids, tel_tg = batches_of(nva, rc.tel_batch, 1, tok.pad_id)[0]
 
-    seen = [0.0, 0]  # val NLL sum / targets seen by task.eval_nll since the last evaluation (for the log line)
-    eval_nll = task.eval_nll
-
-    def eval_nll_seen(th, batch):
-        s, n = eval_nll(th, batch)
-        seen[0] += s
-        seen[1] += n
-        return s, n
-
-    task.eval_nll = eval_nll_seen
-
-    def on_eval(step, th):  # fit calls this right after its validation pass
+    def on_eval(record, th):  # telemetry on the fixed batch, merged into fit's eval record
         try:
-            rec = trajectory_telemetry(spec.views(th), tel_ids, tel_tg, cfg)
+            tel = trajectory_telemetry(spec.views(th), tel_ids, tel_tg, cfg)
         except NumericalError as e:
-            rec = {"telemetry_error": str(e)}
-        vp = math.exp(seen[0] / seen[1]) if seen[1] and seen[0] / seen[1] < 700 else math.nan
-        seen[:] = [0.0, 0]
-        say(_log_line(step, dict(rec, val_ppl=vp)))
-        return rec
+            tel = {"telemetry_error": str(e)}
+        say(_log_line(dict(record, **tel)))
+        return tel
 
     builtin = data["corpus"].source.startswith("built-in")
     # what examples/generate.py and examples/semantic_map.py need to rebuild the tokenizer and the data
@@ -347,13 +293,15 @@ def run(args, progress=True):
     res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress,
               extra_state=extra)
     hist = res["history"]
-    ppl_full, n_full = full_val_ppl(eval_nll, theta, nva, tcfg.batch_size, tok.pad_id)
-    say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})")
-    plots = _after(_plots, say, "plots", out_dir, hist, cfg, say)
-    sem = _after(_semantic, say, "semantic map", out_dir, theta, cfg, spec, data, rc, tcfg.seed, say)
+    full = evaluate(task, theta, comm, batches=batches_of(nva, tcfg.batch_size, 0, tok.pad_id))
+    ppl_full, n_full = (math.nan if full["val_ppl"] is None else full["val_ppl"]), full["n"]
+    say(f"final validation perplexity {ppl_full:.2f} over {n_full} tokens ({data['corpus'].source})"
+        + (f"; {full['reason']}" if "reason" in full else ""))
+    plots = _after(_plots, say, "plots", out_dir, hist, cfg)
+    sem = _after(_semantic, say, "semantic map", out_dir, theta, cfg, spec, data, rc, tcfg.seed)
     story = _after(_story, say, "story", theta, cfg, spec, tok, rc, tcfg.seed)
     if story is not None:
-        (out_dir / "story.txt").write_text(story + "\n")
+        atomic_write(out_dir / "story.txt", story + "\n")
         say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{story}")
     last_eval = next((r for r in reversed(hist) if r.get("kind") == "eval"), {})
     train_recs = [r for r in hist if r.get("kind") == "train"]
@@ -368,28 +316,9 @@ def run(args, progress=True):
         tcfg=dataclasses.asdict(tcfg), run=dataclasses.asdict(rc), checkpoint=res["checkpoint"],
         telemetry={k: v for k, v in last_eval.items() if k not in ("kind",)},
         plots=plots, semantic=sem, story=story)
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    os.replace(tmp, out_dir / "summary.json")
+    write_json(out_dir / "summary.json", summary, indent=2)
     say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
     return summary
-
-
-def _json_safe(x):
-    """Strict JSON: numpy scalars/arrays -> Python, non-finite floats -> "nan"/"inf"/"-inf"."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    return str(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,8 +327,6 @@ def _json_safe(x):
 def find_tokenizer(ck):
     """The Tok a checkpoint was trained with: DIR/tokenizers/*/ (DIR = its recorded tokenizer_dir or its own
     directory) whose hash equals the checkpoint's."""
-    from ..core.errors import CheckpointError
-    from ..data.tokenizer import Tok
     want = ck.meta.get("tokenizer", "")
     dirs = [Path(ck.extra["tokenizer_dir"])] if ck.extra.get("tokenizer_dir") else []
     dirs.append(Path(ck.path).parent)
@@ -417,10 +344,6 @@ def find_tokenizer(ck):
 
 def load_model(path):
     """Run directory or ckpt_*.npz of a Riemannian model -> (theta, cfg, spec, tok, checkpoint)."""
-    from ..training.checkpoint import load_checkpoint
-    from ..core.config import from_dict
-    from ..core.errors import CheckpointError
-    from ..core.params import ParamSpec
     ck = load_checkpoint(path, expect_family="riemann")
     try:
         cfg = from_dict(riemann.RiemannConfig, dict(ck.meta.get("cfg", {})))

@@ -6,8 +6,11 @@ Configs validate in __post_init__ and raise ConfigError naming the flag and the 
 """
 import argparse
 import dataclasses
+import os
 import sys
+import tempfile
 import typing
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -81,10 +84,6 @@ def positive(cfg, *names):
 def check_output_dir(path, flag="output"):
     """Fail early, before any work, if PATH cannot be the run directory (a file, or not writable).
     Creates the directory (empty) if needed."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag_name(flag)} {p} is a file; pass a directory path")

@@ -6,8 +6,8 @@ File `RUN_DIR/ckpt_<step:09d>.npz`, loaded with allow_pickle=False, holds:
     meta                  UTF-8 JSON as uint8: format, geolm version, step, dtype, family, cfg, spec,
                           tokenizer hash and a free "train" dict (optimiser step, sampler and RNG state, ...)
 Write: geolm.core.io.atomic_write (temp file `.ckpt_*.tmp` in the same directory, fsync, rename, fsync the
-directory), then prune to the newest `keep`. A kill -9 at any moment leaves the previous checkpoint intact; the loader only
-looks at `ckpt_*.npz` (temp files are ignored and removed by the next save). A non-finite array is never
+directory), then prune to the newest `keep`. A kill -9 at any moment leaves the previous checkpoint intact; the
+loader only looks at `ckpt_*.npz` (temp files are ignored and removed by the next save). A non-finite array is never
 written. Loading checks the zip CRCs (truncation, bit flips), the format, the model family, the config,
 the parameter layout and the tokenizer, and raises CheckpointError with one line naming the fix.
 

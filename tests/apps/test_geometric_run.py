@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from geolm.core.errors import ConfigError
+from geolm.training.checkpoint import load_checkpoint, save_snapshot
 from geolm.apps.geometric_run import ALL_MODELS, GeoRunConfig, _epochs_from_history, model_list
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_geometric.py"
@@ -39,10 +41,12 @@ def test_epochs_from_history():
          {"kind": "eval", "step": 7, "val_ppl": 8.0}]
     assert _epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0},
                                           {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0}]
-    # parallel runs: fit's empty evaluation record, then the queued evaluation's (either order); a lost one stays None
-    h2 = [{"kind": "eval", "step": 4, "val_ppl": None}, {"kind": "eval", "step": 4, "val_ppl": 9.0, "deferred": True},
-          {"kind": "eval", "step": 8, "val_ppl": 7.0}, {"kind": "eval", "step": 8, "val_ppl": None},
-          {"kind": "eval", "step": 12, "val_ppl": None}]
+    # parallel runs: fit's pending record, then the deferred evaluation's (either order); a lost one stays None
+    h2 = [{"kind": "eval", "step": 4, "val_ppl": None, "pending": True},
+          {"kind": "eval", "step": 4, "val_ppl": 9.0, "deferred": True},
+          {"kind": "eval", "step": 8, "val_ppl": 7.0, "deferred": True},
+          {"kind": "eval", "step": 8, "val_ppl": None, "pending": True},
+          {"kind": "eval", "step": 12, "val_ppl": None, "pending": True}]
     assert [e["val_ppl"] for e in _epochs_from_history(h2, 4)] == [9.0, 7.0, None]
 
 
@@ -133,8 +137,11 @@ def test_parallel_processes_with_queued_evaluations_match_sequential(tinystories
                                                                      for e in b[k]["epochs"]]
     assert all(e["val_ppl"] > 0 for e in b["trigram"]["epochs"]) and len(b["trigram"]["epochs"]) == 2
     recs = [json.loads(x) for x in (par / "models" / "trigram" / "metrics.jsonl").read_text().splitlines()]
-    queued = [x for x in recs if x.get("deferred")]
-    assert [x["epoch"] for x in queued] == [1, 2] and queued[-1]["val_ppl"] == b["trigram"]["val_ppl"]
+    pending, queued = [x for x in recs if x.get("pending")], [x for x in recs if x.get("deferred")]
+    assert len(queued) == 2 and [x["step"] for x in queued] == [x["step"] for x in pending]
+    assert queued[-1]["val_ppl"] == b["trigram"]["val_ppl"]
+    assert queued[-1]["best_val_ppl"] == b["trigram"]["best_val_ppl"]
+    assert not list((par / "models").glob("*/eval_*.npy"))
 
 
 @pytest.mark.data
@@ -142,7 +149,6 @@ def test_parallel_processes_with_queued_evaluations_match_sequential(tinystories
 def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories, tmp_path):
     # simulate a parallel run whose parent died after training trigram but before merging its last evaluation:
     # the epoch-2 snapshot is on disk, its queued record is not in metrics.jsonl; --resume must finish the job
-    from geolm.training.checkpoint import load_checkpoint
     out = tmp_path / "run"
     args = ["--data", str(tinystories), *SMALL[:-6], "--models", "trigram,geo_abs", "--epochs", "2", "--jobs", "2",
             "--output", str(out)]
@@ -150,7 +156,7 @@ def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories
     ref = json.loads((out / "results.json").read_text())["models"]
     mdir = out / "models" / "trigram"
     ck = load_checkpoint(mdir)
-    np.save(mdir / f"eval_{ck.step:09d}.npy", ck.theta)
+    save_snapshot(mdir, ck.step, ck.theta)
     recs = (mdir / "metrics.jsonl").read_text().splitlines()
     keep = [r for r in recs if not (json.loads(r).get("deferred") and json.loads(r)["step"] == ck.step)]
     assert len(keep) == len(recs) - 1
@@ -168,7 +174,6 @@ def test_resume_evaluates_snapshots_an_interrupted_parallel_run_left(tinystories
 @pytest.mark.data
 @pytest.mark.slow
 def test_sigterm_to_a_parallel_run_stops_cleanly_and_resumes_to_the_same_results(tinystories, tmp_path):
-    import signal
     args = ["--data", str(tinystories), "--max-train-stories", "1000", "--max-val-stories", "50", "--epochs", "3",
             "--vocab-size", "400", "--kappa-holdout", "20", "--dim", "32", "--successor-dim", "4",
             "--models", "trigram,geo_abs,geo_rot", "--jobs", "2"]

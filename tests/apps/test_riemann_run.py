@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from geolm.apps import riemann_run
-from geolm.core.errors import ConfigError
+from geolm.core.errors import ConfigError, NumericalError
+from geolm.models import riemann
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_riemann.py"
@@ -130,18 +131,33 @@ def test_sigint_checkpoints_and_resume_continues(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
 
 
-def test_guarded_turns_numerical_error_into_nan():
-    from geolm.core.errors import NumericalError
-    msgs = []
+@pytest.mark.slow
+def test_numerical_errors_reach_metrics_with_their_reason(tmp_path, monkeypatch):
+    """fit handles a NumericalError from the model: a training step becomes a skip record, an evaluation a NaN
+    record, each with the error's message; the run still finishes and writes its summary."""
+    real_loss, real_eval = riemann.loss_and_grads, riemann.eval_nll
+    calls = {"loss": 0, "eval": 0}
 
-    def bad(theta, grad, batch):
-        raise NumericalError("K not PD")
+    def loss_and_grads(*a, **kw):
+        calls["loss"] += 1
+        if calls["loss"] == 2:
+            raise NumericalError("metric K not positive definite (test)")
+        return real_loss(*a, **kw)
 
-    f = riemann_run.guarded(bad, msgs.append, "a training step")
-    grad = np.zeros(3)
-    tg = np.array([[1, -1, 2]])
-    loss, stats = f(np.zeros(3), grad, (tg, tg))
-    assert np.isnan(loss) and np.isnan(grad).all() and stats["n"] == 2 and "K not PD" in msgs[0]
-    ev = riemann_run.guarded(lambda th, b: (_ for _ in ()).throw(NumericalError("x")), msgs.append, "evaluation")
-    s, n = ev(np.zeros(3), (tg, tg))
-    assert np.isnan(s) and n == 2
+    def eval_nll(*a, **kw):
+        calls["eval"] += 1
+        if calls["eval"] == 1:
+            raise NumericalError("metric K not positive definite in evaluation (test)")
+        return real_eval(*a, **kw)
+
+    monkeypatch.setattr(riemann, "loss_and_grads", loss_and_grads)
+    monkeypatch.setattr(riemann, "eval_nll", eval_nll)
+    out = tmp_path / "run"
+    s = riemann_run.run(riemann_run.parse(TINY + ODE + ["--output", str(out), "--gen-tokens", "0"]), progress=False)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (skip,) = [r for r in recs if r["kind"] == "skip"]
+    assert skip["step"] == 2 and "not positive definite (test)" in skip["reason"]
+    first, last = [r for r in recs if r["kind"] == "eval"]
+    assert first["val_ppl"] == "nan" and "in evaluation (test)" in first["reason"] and "displacement" in first
+    assert "reason" not in last and s["skipped"] == 1 and np.isfinite(s["val_ppl"])
+    assert s["val_ppl_subset"] == last["val_ppl"] and s["val_tokens"] > 0

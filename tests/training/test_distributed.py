@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -114,7 +115,8 @@ def _reference(tmp_path, name):
 
 
 @pytest.mark.parametrize("name,tol", [("even64", 1e-10), ("uneven64", 1e-10), ("tiny64", 1e-10),
-                                      ("nan64", 1e-10), ("raise64", 1e-10), ("even32", 1e-5), ("resume64", 1e-10)])
+                                      ("nan64", 1e-10), ("raise64", 1e-10), ("evalraise64", 1e-10), ("even32", 1e-5),
+                                      ("resume64", 1e-10)])
 def test_two_ranks_match_one_process(mpi_suite, tmp_path, name, tol):
     out, _ = mpi_suite
     ref, res = _reference(tmp_path, name)
@@ -139,6 +141,13 @@ def test_nan_on_one_rank_skips_on_every_rank(mpi_suite):
 def test_numerical_error_on_one_rank_is_skipped_by_all(mpi_suite):
     out, _ = mpi_suite
     assert [int(np.load(out / f"raise64_rank{r}.npz")["skipped"]) for r in (0, 1)] == [1, 1]
+
+
+def test_numerical_error_in_evaluation_on_one_rank_reaches_rank0s_record(mpi_suite):
+    out, _ = mpi_suite
+    recs = [json.loads(x) for x in (out / "run_evalraise64" / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in recs if r["kind"] == "eval"][0]
+    assert first["val_ppl"] == "nan" and "not positive definite in evaluation" in first["reason"]
 
 
 def test_sigint_on_rank0_stops_every_rank_at_the_same_step(mpi_suite):

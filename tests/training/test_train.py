@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geolm.training.checkpoint import list_checkpoints, load_checkpoint
+from geolm.training.checkpoint import list_checkpoints, list_snapshots, load_checkpoint
 from geolm.core.config import ArgParser, add_args, from_args
 from geolm.training.distributed import SerialComm
 from geolm.core.errors import CheckpointError, ConfigError, NumericalError
-from geolm.training.train import TrainConfig, TrainingInterrupted, fit
+from geolm.training.optim import lr_at
+from geolm.training.train import TrainConfig, TrainingInterrupted, evaluate, fit, record_deferred, run_deferred_eval
 
 HERE = Path(__file__).resolve().parents[1]  # tests/: the shared helpers
 sys.path.insert(0, str(HERE))
@@ -64,15 +65,17 @@ def test_config_flags_round_trip():
 
 def test_fit_learns_and_logs(tmp_path):
     task, theta = make_toy_task()
-    from geolm.training.train import evaluate
-    _, ppl0 = evaluate(task, theta, COMM)
+    ev0 = evaluate(task, theta, COMM)
+    assert ev0["n"] == 40 and ev0["val_ppl"] == pytest.approx(np.exp(ev0["val_loss"]), rel=1e-15)
     seen = []
     res = fit(task, theta, tcfg(steps=24), tmp_path / "r", progress=False, comm=COMM,
-              on_eval=lambda step, th: seen.append(step) or {"probe": 1.5}, extra_state={"coords": np.eye(2),
-                                                                                         "note": "hi"})
-    assert res["final_val_ppl"] < 0.8 * ppl0 and res["steps_done"] == 24 and res["skipped"] == 0
-    assert res["best_val_ppl"] <= res["final_val_ppl"] + 1e-12
-    assert seen == [6, 12, 18, 24]
+              on_eval=lambda rec, th: seen.append(rec) or {"probe": 1.5}, extra_state={"coords": np.eye(2),
+                                                                                       "note": "hi"})
+    assert res["final_val_ppl"] < 0.8 * ev0["val_ppl"] and res["steps_done"] == 24 and res["skipped"] == 0
+    assert res["best_val_ppl"] <= res["final_val_ppl"] + 1e-12 and res["pending"] == []
+    assert [r["step"] for r in seen] == [6, 12, 18, 24] and seen[-1]["val_ppl"] == res["final_val_ppl"]
+    assert {"kind", "step", "epoch", "val_loss", "val_ppl", "best_val_ppl", "seconds", "n"} <= set(seen[0])
+    assert seen[0]["n"] == 40 and "probe" not in seen[0]
     train, evals = records(tmp_path / "r", "train"), records(tmp_path / "r", "eval")
     assert [r["step"] for r in train] == [3, 6, 9, 12, 15, 18, 21, 24]
     for key in ("loss", "lr", "grad_norm", "skipped", "seconds", "tokens_per_s", "ms_per_step", "acc", "epoch"):
@@ -217,7 +220,6 @@ def test_repeated_skips_back_off_the_learning_rate(tmp_path):
     _, res, _ = run(tmp_path, task_kw=dict(nan_at=(2, 3, 4, 6, 7, 8)), backoff=0.5, backoff_after=3)
     assert res["skipped"] == 6 and res["lr_scale"] == 0.25
     lrs = {r["step"]: r["lr"] for r in records(tmp_path / "run", "train")}
-    from geolm.training.optim import lr_at
     assert lrs[12] == 0.25 * lr_at(11, 0.05, "cosine", 2, 12, 0.0)  # record of step 12 = 0-based step 11
     assert lrs[3] == lr_at(2, 0.05, "cosine", 2, 12, 0.0)
 
@@ -275,3 +277,68 @@ def test_new_run_starts_fresh_metrics(tmp_path):
     (tmp_path / "r" / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
     run(tmp_path, "r", steps=3)
     assert max(r["step"] for r in records(tmp_path / "r")) == 3
+
+
+def test_numerical_error_in_evaluation_is_a_nan_record_with_its_reason(tmp_path):
+    task, theta = make_toy_task(eval_raise_at=(1,))  # the 2nd eval_nll call: inside the first evaluation
+    res = fit(task, theta, tcfg(), tmp_path / "r", progress=False, comm=COMM)
+    first, last = records(tmp_path / "r", "eval")
+    assert first["val_loss"] == first["val_ppl"] == "nan" and "not positive definite" in first["reason"]
+    assert "reason" not in last and res["best_val_ppl"] == last["val_ppl"] == res["final_val_ppl"]
+    assert res["steps_done"] == 12 and res["skipped"] == 0
+
+
+def test_evaluate_without_targets_gives_none():
+    task, theta = make_toy_task()
+    assert evaluate(task, theta, COMM, batches=[]) == dict(val_loss=None, val_ppl=None, n=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deferred evaluation
+
+def test_deferred_evaluation_matches_inline(tmp_path):
+    _, ref, _ = run(tmp_path, "inline")
+    task, theta = make_toy_task()
+    seen = []
+    res = fit(task, theta, tcfg(), tmp_path / "d", progress=False, comm=COMM, defer_eval=True,
+              on_eval=lambda rec, th: seen.append(rec) or {"probe": 1})
+    assert res["pending"] == [6, 12] and res["final_val_ppl"] is None
+    assert [(r["step"], r["pending"], r["val_ppl"]) for r in seen] == [(6, True, None), (12, True, None)]
+    assert list_snapshots(tmp_path / "d") == [6, 12]
+    done = [run_deferred_eval(task, tmp_path / "d", k, COMM) for k in reversed(res["pending"])]
+    written = record_deferred(tmp_path / "d", done, COMM)
+    assert [r["step"] for r in written] == [6, 12] and list_snapshots(tmp_path / "d") == []
+    inline = records(tmp_path / "inline", "eval")
+    deferred = [r for r in records(tmp_path / "d", "eval") if r.get("deferred")]
+    for a, b in zip(inline, deferred):
+        for k in ("step", "epoch", "val_loss", "val_ppl", "best_val_ppl", "n"):
+            assert a[k] == b[k], k
+        assert b["probe"] == 1 and b["eval_seconds"] >= 0.0 and "pending" not in b
+    assert ref["final_val_ppl"] == deferred[-1]["val_ppl"]
+
+
+def test_resume_evaluates_snapshots_a_deferred_run_left(tmp_path):
+    _, ref, _ = run(tmp_path, "inline")
+    task, theta = make_toy_task()
+    _interrupt_at(task, 8)
+    with pytest.raises(TrainingInterrupted):
+        fit(task, theta, tcfg(), tmp_path / "d", progress=False, comm=COMM, defer_eval=True)
+    assert list_snapshots(tmp_path / "d") == [6]
+    theta2, res, _ = run(tmp_path, "d", resume=True)  # inline now: the step-6 snapshot is evaluated first
+    assert list_snapshots(tmp_path / "d") == [] and res["final_val_ppl"] == ref["final_val_ppl"]
+    evals = [(r["step"], r["val_ppl"]) for r in records(tmp_path / "d", "eval") if not r.get("pending")]
+    assert evals == [(r["step"], r["val_ppl"]) for r in records(tmp_path / "inline", "eval")]
+
+
+def test_resumed_deferred_run_returns_old_and_new_snapshots(tmp_path):
+    task, theta = make_toy_task()
+    _interrupt_at(task, 8)
+    with pytest.raises(TrainingInterrupted):
+        fit(task, theta, tcfg(), tmp_path / "d", progress=False, comm=COMM, defer_eval=True)
+    assert load_checkpoint(tmp_path / "d").step == 9
+    (tmp_path / "d" / "eval_000000010.npy").write_bytes(b"stale")  # past the checkpoint: removed on resume
+    task, theta = make_toy_task()
+    res = fit(task, theta, tcfg(), tmp_path / "d", resume=True, progress=False, comm=COMM, defer_eval=True)
+    assert res["pending"] == [6, 12] and list_snapshots(tmp_path / "d") == [6, 12]
+    res2 = fit(task, theta, tcfg(), tmp_path / "d", resume=True, progress=False, comm=COMM, defer_eval=True)
+    assert res2["pending"] == [6, 12] and len(records(tmp_path / "d", "eval")) == 2  # nothing evaluated twice
