@@ -35,6 +35,10 @@ import time
 import geolm  # noqa: F401  (first: sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS)
 import numpy as np
 
+from geolm.models import geometric, riemann
+from geolm.training.distributed import configure_threads, get_comm, global_mean, shard
+from geolm.training.optim import adam_init, adam_step, clip_grad_norm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
@@ -75,7 +79,6 @@ def projection(x, nbytes, batch):
 # models: (P, dtype, loss_and_grads(theta, grad, idx) -> (loss, n), theta, global batch size)
 
 def riemann_model(sh):
-    from geolm.models import riemann
     cfg = riemann.RiemannConfig(vocab_size=sh["vocab"], n_vocab=sh["vocab"], dim=sh["dim"], layers=sh["layers"],
                                 heads=sh["heads"], ff_mult=4, seq_len=sh["seq"], rank=sh["rank"],
                                 hidden=sh["hidden"], field_hidden=sh["field_hidden"], ode_steps=sh["ode_steps"])
@@ -93,7 +96,6 @@ def riemann_model(sh):
 
 
 def geometric_model(sh):
-    from geolm.models import geometric
     V, C, K = sh["vocab"], sh["context"], sh["neighbours"]
     rng = np.random.default_rng(0)
     X = rng.normal(size=(V, 3))
@@ -114,9 +116,6 @@ def geometric_model(sh):
 # ---------------------------------------------------------------------------------------------------------------
 
 def worker(a):
-    from geolm.training.distributed import configure_threads, get_comm, global_mean, shard
-    from geolm.training.optim import adam_init, adam_step, clip_grad_norm
-
     comm = get_comm()
     configure_threads(a.threads, comm)
     sh = json.loads(a.shapes)

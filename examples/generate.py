@@ -2,12 +2,12 @@
 
     python examples/generate.py --checkpoint runs/riemann --prompt "Once upon a time" --temperature 0.8 --top-k 40
 """
-from geolm.models import riemann
-import numpy as np  # noqa: E402
+from geolm.apps.generate import generate_text  # geolm first: it sets OPENBLAS_THREAD_TIMEOUT before NumPy loads
+from geolm.apps.riemann_run import load_model
 from geolm.core.config import ArgParser
 from geolm.core.errors import cli_main
-from geolm.apps.generate import generate_text
-from geolm.apps.riemann_run import load_model
+from geolm.models import riemann
+import numpy as np  # noqa: E402
 
 
 def _parser():

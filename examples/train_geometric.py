@@ -12,6 +12,7 @@ import sys
 from geolm.core.config import ArgParser, add_args, from_args
 from geolm.core.errors import cli_main
 from geolm.apps.geometric_run import GeoRunConfig, run, table
+from geolm.training.distributed import get_comm
 
 
 def parse(argv=None):
@@ -24,7 +25,6 @@ def parse(argv=None):
 def main(argv=None):
     cfg = parse(argv)
     summary = run(cfg)
-    from geolm.training.distributed import get_comm
     if get_comm().rank != 0:
         return 0
     d = summary["data"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..core.errors import CheckpointError, NumericalError
 from ..core.io import atomic_write, json_safe
 
@@ -32,8 +33,6 @@ _SNAPSHOT = re.compile(r"^eval_(\d+)\.npy$")
 
 
 def _geolm_version():
-    from .. import __version__
-
     return __version__
 
 

@@ -16,9 +16,12 @@ GEOLM_MPI=0 forces one process; GEOLM_MPI=1 forces trying mpi4py.
 import contextlib
 import os
 
+import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..core import errors
+from ..core.jit import set_threads
 
 _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
@@ -191,10 +194,6 @@ def configure_threads(n=0, comm=None):
     mpiexec -n 2 on 2 cores thus runs 1 thread per rank, without oversubscription.
     """
     global _LIMITER
-    from threadpoolctl import threadpool_limits
-
-    from ..core.jit import set_threads
-
     n = int(n) if n and n > 0 else default_threads(comm)
     _LIMITER = threadpool_limits(limits=n)  # kept alive: the limit stays until the next call
     set_threads(n)
@@ -204,11 +203,6 @@ def configure_threads(n=0, comm=None):
 @contextlib.contextmanager
 def thread_limit(n=0, comm=None):
     """Context manager: configure_threads(n) inside, the previous BLAS and Numba thread counts restored after."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from ..core.jit import set_threads
-
     n = int(n) if n and n > 0 else default_threads(comm)
     old = numba.get_num_threads()
     with threadpool_limits(limits=n):
