@@ -10,13 +10,13 @@ of the first-layer weight, never a one-hot matmul (`lookup_rows` gives row F + j
               dx = dpre W1[:F]^T
 fc2's bias rides in the GEMM: [W2; b2] is one [H+1,V] operand (a view when b2 follows W2 in the flat buffer).
 Implicit cross-entropy (geolm.ops.losses.xent_factors): G = r[:,None] * e - onehot(y) / B with e in the logits
-buffer; r scales the [B,H+1] operand instead of e, and the one-hot term is a gather of B columns of W2
-(dpre) and a scatter of B columns (dW2b, `_col_scatter_sub`), so no pass over [B,V] is spent on either.
+buffer; r scales the [B,H+1] operand instead of e, and the one-hot term is a gather of B columns of W2 (dpre)
+and a scatter of B columns (dW2b: geolm.core.scatter on its transpose), so no pass over [B,V] is spent on either.
 """
 import numpy as np
 
-from ..core.jit import njit
 from ..core.params import RowGrad
+from ..core.scatter import scatter_add_rows
 from ..ops.mlp import mlp_init_, mlp_shapes
 
 
@@ -86,7 +86,7 @@ def backward(dlogits, cache, xent=None, need_dx=False):
         r, y = xent
         dpre *= r[:, None]
         inv_b = 1.0 / B
-        _col_scatter_sub(dwb, y, ha * inv_b)  # dW2b[:, y_b] -= ha_b / B
+        scatter_add_rows(dwb.T, y, ha * -inv_b)  # dW2b[:, y_b] -= ha_b / B: a row scatter into [V,H+1] view
         dpre -= w2b[:H, y].T * inv_b  # [B,H]
     # h = relu(pre)
     dpre *= ha[:, :H] > 0.0
@@ -102,22 +102,3 @@ def backward(dlogits, cache, xent=None, need_dx=False):
     if not need_dx:
         return None, dp
     return (np.matmul(dpre, w1[:F].T) if F else np.zeros_like(x)), dp  # [B,H] @ [H,F] -> [B,F]
-
-
-def _col_scatter_sub_ref(dw, y, a):
-    """dw[:, y_b] -= a_b for b = 1..B (repeated y accumulate): dw [H+1,V], y [B], a [B,H+1]. NumPy reference."""
-    np.subtract.at(dw.T, y, a)  # dw.T [V,H+1] view
-
-
-@njit
-def _col_scatter_sub_nb(dw, y, a):
-    # dw [H1,V] -= scatter of a [B,H1] into columns y [B] (sequential, so repeated y accumulate)
-    B, H1 = a.shape
-    for b in range(B):
-        c = y[b]
-        for h in range(H1):
-            dw[h, c] -= a[b, h]
-
-
-def _col_scatter_sub(dw, y, a):
-    _col_scatter_sub_nb(dw, np.ascontiguousarray(y), np.ascontiguousarray(a))

@@ -103,14 +103,3 @@ def test_refill_rewrites_the_logits(rng):
     z = np.zeros_like(logits)
     geo_mlp.refill(cache)(z)
     np.testing.assert_array_equal(z, logits)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_col_scatter_kernel_matches_reference(rng, dtype):
-    dw = rng.standard_normal((6, 9)).astype(dtype)
-    y = np.array([3, 0, 3, 8, 3])  # repeats accumulate
-    a = rng.standard_normal((5, 6)).astype(dtype)
-    got, ref = dw.copy(), dw.copy()
-    geo_mlp._col_scatter_sub(got, y, a)
-    geo_mlp._col_scatter_sub_ref(ref, y, a)
-    np.testing.assert_allclose(got, ref, rtol=1e-6 if dtype == np.float32 else 1e-14)

@@ -133,7 +133,8 @@ def test_one_hot_rows_equal_dense_one_hot_matmul(rng):
     onehot = np.zeros((3, 2 * mc.Vi))
     onehot[np.arange(3), ctx[:, -2]] = 1
     onehot[np.arange(3), mc.Vi + ctx[:, -1]] = 1
-    dense = np.maximum(np.concatenate([x, onehot], 1) @ p["fc1"]["w"] + p["fc1"]["b"], 0) @ p["fc2"]["w"] + p["fc2"]["b"]
+    h = np.maximum(np.concatenate([x, onehot], 1) @ p["fc1"]["w"] + p["fc1"]["b"], 0)
+    dense = h @ p["fc2"]["w"] + p["fc2"]["b"]
     np.testing.assert_allclose(forward(p, ctx, mc, tables)[0], dense, atol=1e-10)
 
 
