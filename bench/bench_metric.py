@@ -7,8 +7,8 @@
 Contenders (all compute v = g^-1 f, log det g and, backward, dU, df with a log-det cotangent):
   numba  geolm.ops.metric public pair (per-token BLAS U U^T and K^-1 U, LAPACK Cholesky, prange over tokens)
   ref    geolm.ops.metric.metric_solve_ref (vectorised NumPy: stacked matmul, np.linalg.cholesky, np.linalg.inv)
-  dense  forms g [N,d,d]; np.linalg.solve + slogdet forward; backward through np.linalg.inv(g)
-         (what the original's CPU fallback did). Too big at full N (3.6 GB per g in float32), so it is timed on
+  dense  geolm.ops.metric's dense tier: forms g [N,d,d]; np.linalg.solve + slogdet forward; backward through
+         np.linalg.inv(g) (what the original's CPU fallback did). Too big at full N (3.6 GB per g in float32), so it is timed on
          --dense-tokens tokens and scaled linearly to N; the table says so.
 Every contender is validated before timing: numba and ref against float64 dense on a token subset, numba
 against ref on all N tokens, float32 dense against float64 dense.
@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from geolm.ops.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
+from geolm.ops.metric import (dense_metric_backward, dense_metric_forward, metric_solve_backward,  # noqa: E402
+                              metric_solve_forward, work_dtype)
 
 FULL = [(6144, 384, 64), (6144, 384, 24), (512, 128, 16)]  # (N, d, r)
 QUICK = [(64, 32, 8), (8, 16, 16)]
@@ -45,26 +46,6 @@ def flops(N, d, r):
     df = 2 * r * d * d + 4 * d ** 3 / 3 + 2 * d * d
     db = 2 * d ** 3 + 4 * d * d + 2 * r * d * d
     return {"woodbury": (N * wf, N * wb), "dense": (N * df, N * db)}
-
-
-# ---- the dense contender (stacked NumPy over [n,d,d]) ------------------------------------------------------
-
-def dense_forward(U, f, eps, alpha):
-    n, r, d = U.shape
-    g = alpha * (U.transpose(0, 2, 1) @ U)  # [n,d,r] @ [n,r,d] -> [n,d,d]
-    g[:, np.arange(d), np.arange(d)] += eps
-    v = np.linalg.solve(g, f[:, :, None])[:, :, 0]  # [n,d]
-    _, logdet = np.linalg.slogdet(g)
-    return v, logdet, (U, g, v, alpha)
-
-
-def dense_backward(dv, dlogdet, cache):
-    U, g, v, alpha = cache
-    gi = np.linalg.inv(g)  # [n,d,d]
-    y = (gi @ dv[:, :, None])[:, :, 0]  # y = g^-1 dv
-    dg = -y[:, :, None] * v[:, None, :] + dlogdet[:, None, None] * gi  # [n,d,d]
-    dU = alpha * (U @ (dg + dg.transpose(0, 2, 1)))  # g = eps I + alpha U^T U
-    return dU, y
 
 
 def _null():
@@ -93,8 +74,8 @@ def run_shape(N, d, r, dtype, args, peak):
 
     # validation, before any timing
     sub = [U[:nsub].astype(np.float64), f[:nsub].astype(np.float64)]
-    v64, l64, c64 = dense_forward(*sub, EPS, ALPHA)
-    base = (v64, l64) + dense_backward(dv[:nsub].astype(np.float64), dl[:nsub].astype(np.float64), c64)
+    v64, l64, c64 = dense_metric_forward(*sub, EPS, ALPHA)
+    base = (v64, l64) + dense_metric_backward(dv[:nsub].astype(np.float64), dl[:nsub].astype(np.float64), c64)
     outs = {}
     for name in ("numba", "ref"):
         v, l, c = metric_solve_forward(U, f, EPS, ALPHA, backend=name)
@@ -103,8 +84,8 @@ def run_shape(N, d, r, dtype, args, peak):
         harness.validate(f"{name} vs dense float64", [o[:nsub] for o in outs[name]], base, tol)
         del c
     err_nr = harness.validate("numba vs ref", outs["numba"], outs["ref"], tol)
-    vd, ld, cd = dense_forward(U[:nsub], f[:nsub], EPS, ALPHA)
-    harness.validate("dense vs dense float64", (vd, ld) + dense_backward(dv[:nsub], dl[:nsub], cd), base,
+    vd, ld, cd = dense_metric_forward(U[:nsub], f[:nsub], EPS, ALPHA)
+    harness.validate("dense vs dense float64", (vd, ld) + dense_metric_backward(dv[:nsub], dl[:nsub], cd), base,
                      10 * tol)
     del outs, cd
 
@@ -126,11 +107,11 @@ def run_shape(N, d, r, dtype, args, peak):
     box = {}
 
     def dfwd():
-        box["c"] = dense_forward(Ud, fd, EPS, ALPHA)[2]
+        box["c"] = dense_metric_forward(Ud, fd, EPS, ALPHA)[2]
 
     with lim():
         tf = harness.measure(dfwd, warmup=1, repeat=rep)
-        tb = harness.measure(lambda: dense_backward(dvd, dld, box["c"]), warmup=1, repeat=rep)
+        tb = harness.measure(lambda: dense_metric_backward(dvd, dld, box["c"]), warmup=1, repeat=rep)
     box.clear()
     T["dense"] = (tf, tb, N / nd)
 
@@ -150,6 +131,9 @@ def run_shape(N, d, r, dtype, args, peak):
                              phase=phase, seconds=s, iqr=iqr * scale, GFLOP=gf / 1e9, GFLOPs=gf / s / 1e9,
                              pct_peak=100 * gf / s / 1e9 / peak, x_vs_dense=den_s / s, x_vs_ref=ref_s / s))
     note = (f"* dense timed on {nd} of {N} tokens and scaled x{N / nd:.0f} (linear in N)" if nd < N else "")
+    if work_dtype(U) != U.dtype:
+        note = (note + "; " if note else "") + (f"N={N} d={d} r={r}: numba and ref compute in {work_dtype(U)} "
+                                                f"(float32 with 2r > d, geolm.ops.metric Numerics)")
     return rows, note, err_nr, tot
 
 

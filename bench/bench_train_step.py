@@ -18,7 +18,7 @@ and Adam are not counted):
            4 x fwd for the 4 S field evaluations (forward, recompute in the adjoint, 2 x for their VJPs).
 The time split runs each part's own forward / backward on the same shapes, in the proportion the step calls
 them (a field part costs 4S x (2 fwd + bwd)); the field's parts run the step's own block functions over its
-blocks of riemann.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
+blocks of riemann_field.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
 clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
 dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
 field evaluation in float32 at N = 6144, several of them live at once in the backward). At --quick shapes the
@@ -27,6 +27,9 @@ On a shared machine wall time depends on what else runs; the CPU-time columns (p
 against the GEMM's GFLOP per CPU-second) measure efficiency without that noise (spinning BLAS threads count).
 Peak memory: tracemalloc (NumPy registers its buffers with it) in a fresh subprocess per RK4 step count, one
 step after a warm-up, minus the state held before the step (theta, grad, Adam moments, batch).
+Page faults: minor page faults (getrusage ru_minflt) per steady-state step, in a fresh subprocess each, with a
+riemann.FieldWorkspace held over the steps (as training holds one) and with fresh allocations (workspace=None):
+the workspace exists so that the U-MLP's large blocks are not new, first-touched memory at every evaluation.
 """
 import argparse
 import dataclasses
@@ -34,6 +37,7 @@ import gc
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -44,9 +48,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from geolm.models import riemann
+from geolm.models import riemann, riemann_field  # noqa: E402
 from geolm.ops.losses import xent_backward, xent_forward  # noqa: E402
-from geolm.ops.metric import metric_solve_backward, metric_solve_forward  # noqa: E402
+from geolm.ops.metric import (dense_metric_backward, dense_metric_forward, metric_solve_backward,  # noqa: E402
+                              metric_solve_forward)
 from geolm.ops.mlp import mlp_forward  # noqa: E402
 from geolm.training.optim import adam_init, adam_step, clip_grad_norm  # noqa: E402
 from geolm.ops.transformer import encoder_backward, encoder_forward  # noqa: E402
@@ -85,8 +90,8 @@ def make_problem(sh, metric="lowrank", ode_steps=None, seed=0):
     return cfg, spec, theta, np.zeros_like(theta), adam_init(theta), batch
 
 
-def train_step(theta, grad, adam, batch, cfg, spec):
-    loss, stats = riemann.loss_and_grads(theta, grad, batch, cfg, spec)
+def train_step(theta, grad, adam, batch, cfg, spec, workspace=None):
+    loss, stats = riemann.loss_and_grads(theta, grad, batch, cfg, spec, workspace=workspace)
     clip_grad_norm(grad, 1.0)
     adam_step(theta, grad, adam, 1e-4)
     return loss
@@ -129,6 +134,8 @@ def _t(fn, args, step=False):
 
 def part_times(sh, cfg, spec, theta, batch, args):
     """(wall, CPU) seconds per training step spent in each part, each timed on its own at the step's shapes."""
+    rf = riemann_field
+    ws = riemann.FieldWorkspace()
     p = spec.views(theta)
     B, T, D = sh["batch"], sh["seq"], sh["dim"]
     N, S = B * T, cfg.ode_steps
@@ -155,19 +162,19 @@ def part_times(sh, cfg, spec, theta, batch, args):
 
     wall["head"], cpu["head"] = tc(head)
     # the field's parts: 4S evaluations forward, 4S recomputed in the adjoint, 4S backward; each part runs the
-    # functions the step runs, over the step's blocks of riemann.FIELD_BLOCK tokens (pooled U / dU buffers)
+    # functions the step runs, over the step's blocks of FIELD_BLOCK tokens (U / dU buffers from a workspace)
     pf = p["field"]
     n_ev = 4 * S
-    blocks = [(lo, min(N, lo + riemann.FIELD_BLOCK)) for lo in range(0, N, riemann.FIELD_BLOCK)]
+    blocks = [(lo, min(N, lo + rf.FIELD_BLOCK)) for lo in range(0, N, rf.FIELD_BLOCK)]
 
     def mlp_fwd(name):
-        wb = riemann._fc2_augmented(pf[name]) if name == "U" else None  # as the step: bias inside the GEMM
-        return [riemann._mlp_block_forward(z[lo:hi], pf[name], wb) for lo, hi in blocks]
+        wb = rf.augment_fc2(pf[name], ws) if name == "U" else None  # as the step: bias inside the GEMM
+        return [rf.block_mlp_forward(z[lo:hi], pf[name], wb, ws, (0, b)) for b, (lo, hi) in enumerate(blocks)]
 
     def mlp_bwd(name, outs):
-        dp = riemann._zeros_like_tree(pf[name])
+        dp = rf.zeros_like_tree(pf[name])
         for y, c in outs:
-            riemann._mlp_block_backward(y.reshape(y.shape[0], -1), c, dp)  # any cotangent of y's shape
+            rf.block_mlp_backward(y.reshape(y.shape[0], -1), c, dp, ws, name)  # any cotangent of y's shape
 
     def each_block(fn):
         def go():
@@ -175,7 +182,7 @@ def part_times(sh, cfg, spec, theta, batch, args):
                 fn(lo, hi)
         return go
 
-    t_f = tc(each_block(lambda lo, hi: riemann._mlp_block_forward(z[lo:hi], pf["f"])))
+    t_f = tc(each_block(lambda lo, hi: rf.block_mlp_forward(z[lo:hi], pf["f"])))
     fo = mlp_fwd("f")
     t = n_ev * (2 * t_f + tc(lambda: mlp_bwd("f", fo)))
     wall["f_mlp"], cpu["f_mlp"] = t
@@ -186,14 +193,14 @@ def part_times(sh, cfg, spec, theta, batch, args):
         t = n_ev * (2 * t_f + tc(lambda: mlp_bwd("U", uo)))
         wall["u_mlp"], cpu["u_mlp"] = t
         Us = [u.reshape(hi - lo, cfg.rank, D) for (u, _), (lo, hi) in zip(uo, blocks)]
-        t_f = tc(each_block(lambda lo, hi: metric_solve_forward(Us[lo // riemann.FIELD_BLOCK], f[lo:hi], cfg.eps,
+        t_f = tc(each_block(lambda lo, hi: metric_solve_forward(Us[lo // rf.FIELD_BLOCK], f[lo:hi], cfg.eps,
                                                                 cfg.alpha)))
         cms = [metric_solve_forward(U, f[lo:hi], cfg.eps, cfg.alpha)[2] for U, (lo, hi) in zip(Us, blocks)]
         dld = rng.normal(size=N).astype(f.dtype)
 
         def metric_bwd():
             for cm, (lo, hi) in zip(cms, blocks):
-                metric_solve_backward(f[lo:hi], dld[lo:hi], cm, dU_out=riemann._scratch(cm[1].shape, f.dtype))
+                metric_solve_backward(f[lo:hi], dld[lo:hi], cm, dU_out=ws.take(("U", "dU"), cm[1].shape, f.dtype))
 
         t = n_ev * (2 * t_f + tc(metric_bwd))
         wall["metric"], cpu["metric"] = t
@@ -212,8 +219,8 @@ def dense_metric_time(sh, cfg, spec, theta, z, f, args):
     dv = rng.normal(size=fs.shape).astype(fs.dtype)
     dl = rng.normal(size=n).astype(fs.dtype)
     v_w, l_w, c_w = metric_solve_forward(U, fs, cfg.eps, cfg.alpha)
-    v_d, l_d, c_d = riemann.dense_metric_forward(U, fs, cfg.eps, cfg.alpha)
-    gw, gd = metric_solve_backward(dv, dl, c_w), riemann.dense_metric_backward(dv, dl, c_d)
+    v_d, l_d, c_d = dense_metric_forward(U, fs, cfg.eps, cfg.alpha)
+    gw, gd = metric_solve_backward(dv, dl, c_w), dense_metric_backward(dv, dl, c_d)
     errs = {k: harness.max_rel_err(a, b) for k, a, b in
             (("v", v_w, v_d), ("logdet", l_w, l_d), ("dU", gw[0], gd[0]), ("df", gw[1], gd[1]))}
     harness.validate("Woodbury vs dense metric (v, logdet, dU, df)", [v_w, l_w, *gw], [v_d, l_d, *gd], 2e-2)
@@ -226,8 +233,8 @@ def dense_metric_time(sh, cfg, spec, theta, z, f, args):
 
     t_w = _t(run(metric_solve_forward, metric_solve_backward), args)
     t_wf = _t(lambda: metric_solve_forward(U, fs, cfg.eps, cfg.alpha), args)
-    t_d = _t(run(riemann.dense_metric_forward, riemann.dense_metric_backward), args)
-    t_df = _t(lambda: riemann.dense_metric_forward(U, fs, cfg.eps, cfg.alpha), args)
+    t_d = _t(run(dense_metric_forward, dense_metric_backward), args)
+    t_df = _t(lambda: dense_metric_forward(U, fs, cfg.eps, cfg.alpha), args)
     # per step per token: 4S x (2 fwd + bwd) = 4S x (fwd + (fwd+bwd))
     n_ev = 4 * cfg.ode_steps
     return {"tokens": n, "woodbury_s_per_token": n_ev * (t_wf + t_w) / n,
@@ -240,17 +247,44 @@ def dense_metric_time(sh, cfg, spec, theta, z, f, args):
 def mem_child(sh, S):
     import tracemalloc
     cfg, spec, theta, grad, adam, batch = make_problem(sh, ode_steps=S)
-    train_step(theta, grad, adam, (batch[0][:1], batch[1][:1]), cfg, spec)  # warm-up on one sequence: JIT load
+    ws = riemann.FieldWorkspace()
+    train_step(theta, grad, adam, (batch[0][:1], batch[1][:1]), cfg, spec, ws)  # warm-up on one sequence: JIT load
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    train_step(theta, grad, adam, batch, cfg, spec)
+    train_step(theta, grad, adam, batch, cfg, spec, ws)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    import resource
     print(json.dumps({"S": S, "peak_bytes": peak - base, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF)
                       .ru_maxrss}))
+
+
+def faults_child(sh, mode, steps):
+    """Print minor page faults per step over `steps` steady-state steps (after two warm-up steps)."""
+    cfg, spec, theta, grad, adam, batch = make_problem(sh)
+    ws = riemann.FieldWorkspace() if mode == "workspace" else None
+    for _ in range(2):  # JIT load, workspace slots, allocator state
+        train_step(theta, grad, adam, batch, cfg, spec, ws)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        train_step(theta, grad, adam, batch, cfg, spec, ws)
+    f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    print(json.dumps({"mode": mode, "steps": steps, "minflt_per_step": (f1 - f0) / steps,
+                      "workspace_MiB": ws.nbytes / 2**20 if ws is not None else 0.0}))
+
+
+def page_faults(sh, steps, args):
+    """{mode: child record} for the workspace and fresh-allocation modes, each in its own process."""
+    out = {}
+    for mode in ("workspace", "fresh"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--faults-child", mode, "--faults-steps", str(steps),
+               "--shapes", json.dumps(sh), "--threads", str(args.threads)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"page-fault child ({mode}) failed: {r.stderr.strip().splitlines()[-1:]}")
+        out[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
 
 
 def memory_sweep(sh, steps, args):
@@ -272,7 +306,8 @@ def time_step(sh, peak, args):
     N = sh["batch"] * sh["seq"]
     cfg, spec, theta, grad, adam, batch = make_problem(sh)
     print(f"parameters: {spec.size:,}")
-    t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec), args, step=True)
+    ws = riemann.FieldWorkspace()  # one per run, as training holds it
+    t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec, ws), args, step=True)
     cpu_step = CPU["last"]
     peak2 = harness.matmul_peak(np.float32)  # again right after the step: the machine is shared
     cpeak = core_peak()
@@ -335,7 +370,10 @@ def main(argv=None):
     ap.add_argument("--mem-steps", default="4,8,16", help="RK4 step counts for the memory sweep ('' to skip)")
     ap.add_argument("--mem-batch", type=int, default=8, help="batch size of the memory sweep (full shapes)")
     ap.add_argument("--mem-only", action="store_true", help="run only the memory sweep")
+    ap.add_argument("--faults-steps", type=int, default=3,
+                    help="steady-state steps over which page faults are counted (0 to skip)")
     ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--faults-child", choices=["workspace", "fresh"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
@@ -343,6 +381,8 @@ def main(argv=None):
         configure_threads(args.threads)
     if args.mem_child is not None:
         return mem_child(json.loads(args.shapes), args.mem_child)
+    if args.faults_child is not None:
+        return faults_child(json.loads(args.shapes), args.faults_child, args.faults_steps)
     sh = dict(QUICK if args.quick else FULL)
     if args.batch:
         sh["batch"] = args.batch
@@ -352,9 +392,16 @@ def main(argv=None):
     print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
     print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
 
-    rows, parts, dm = [], {}, {}
+    rows, parts, dm, faults = [], {}, {}, {}
     if not args.mem_only:
         rows, parts, dm = time_step(sh, peak, args)
+    if args.faults_steps > 0 and not args.mem_only:
+        faults = page_faults(sh, args.faults_steps, args)
+        fw, ff = faults["workspace"]["minflt_per_step"], faults["fresh"]["minflt_per_step"]
+        print(f"\nminor page faults per steady-state step ({args.faults_steps} steps, fresh process each): "
+              f"{fw:,.0f} with a FieldWorkspace ({faults['workspace']['workspace_MiB']:.1f} MiB held), {ff:,.0f} "
+              f"with fresh allocations")
+        rows.append(dict(what="minor page faults per step", workspace=fw, fresh=ff))
     steps = [int(s) for s in args.mem_steps.split(",") if s.strip()]
     if steps:
         msh = dict(sh, batch=sh["batch"] if args.quick else args.mem_batch)
@@ -374,7 +421,8 @@ def main(argv=None):
         harness.report(mrows)
         print("growth_per_boundary ~ 1 means the extra memory of more RK4 steps is the stored boundary states "
               "(plus per-stage scalars), not per-stage caches")
-    harness.write_json(args, dict(shapes=sh, peak_gflops=peak, rows=rows, parts=parts, dense=dm))
+    harness.write_json(args, dict(shapes=sh, peak_gflops=peak, rows=rows, parts=parts, dense=dm,
+                                  page_faults=faults))
 
 
 if __name__ == "__main__":

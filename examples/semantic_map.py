@@ -4,13 +4,13 @@
         [--n 200 --output semantic_map.png --data PATH --val-data PATH]
 
 Prints full-dimension cluster statistics (silhouette, k-NN purity, chance purity) for z_T, z_0 and, with
---control-checkpoint (a --metric identity run on the same data), the g = I control. See geolm/semantic.py.
+--control-checkpoint (a --metric identity run on the same data), the g = I control. See geolm/apps/semantic.py.
 """
-import json
 import sys
 
 from geolm.core.config import ArgParser
 from geolm.core.errors import CheckpointError, ConfigError, cli_main
+from geolm.core.io import write_json
 from geolm.apps import semantic
 from geolm.apps.riemann_run import load_model
 
@@ -66,8 +66,7 @@ def main(argv=None):
     print(semantic.format_stats(res["stats"]))
     print(f"wrote {res['png']}; data: {source}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(semantic.json_safe({k: res[k] for k in ("n", "counts", "stats")}), fh, indent=1)
+        write_json(args.json, {k: res[k] for k in ("n", "counts", "stats")})
     return res
 
 

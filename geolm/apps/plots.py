@@ -1,17 +1,22 @@
-"""Training curves and telemetry panels as PNG files (matplotlib, imported lazily).
+"""Training curves, telemetry panels and the semantic map as PNG files (matplotlib, imported lazily).
 
 Importing geolm never imports matplotlib: each function imports it on first call and selects the
-non-interactive Agg backend. Every figure is written atomically (temp file in the target directory,
-then os.replace), so a crash mid-write never leaves a truncated PNG behind.
+non-interactive Agg backend. Every figure is written with geolm.core.io.atomic_write, so a crash mid-write
+never leaves a truncated PNG behind.
 
     plot_curves({"lowrank": (xs, ys), "identity": (xs, ys)}, "curves.png", logy=True)
     plot_telemetry(records_from_metrics_jsonl, "telemetry.png")
+    draw_semantic_map("semantic_map.png", traj2d, labels, words, grid=(a, b, L))
 """
 import math
 import os
-import tempfile
+
+import numpy as np
 
 from ..core.errors import ConfigError
+from ..core.io import atomic_write
+
+CLASS_COLORS = {"noun": "#1f77b4", "verb": "#d62728", "end": "#2ca02c", "other": "#7f7f7f"}  # semantic classes
 
 # Telemetry keys drawn by plot_telemetry, in panel order, with their axis labels.
 TELEMETRY_KEYS = (
@@ -45,17 +50,9 @@ def save_figure(fig, path, dpi=120):
     """Write `fig` to `path` (PNG) atomically and close it; returns the path as a string."""
     plt = pyplot()
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=d)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
@@ -151,3 +148,55 @@ def plot_telemetry(records, path, step_key="step", title=""):
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def draw_semantic_map(path, traj2d, labels, words, grid=None, title="", dpi=220, max_labels=200):
+    """Draw trajectories, labelled endpoints by class and an optional log det g backdrop; PNG at `path`.
+
+    traj2d [S+1,N,2] projected step-boundary states (last = endpoints); labels/words [N];
+    grid = (a [G], b [G], L [G,G] log det g, rows over b) or None.
+    """
+    plt = pyplot()
+    traj2d = np.asarray(traj2d, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(11, 9))
+    if grid is not None:
+        a, b, L = grid
+        L = np.asarray(L, dtype=np.float64)
+        if np.isfinite(L).any():
+            cf = ax.contourf(a, b, L, levels=24, cmap="terrain", alpha=0.55, zorder=0)
+            ax.contour(a, b, L, levels=12, colors="k", linewidths=0.3, alpha=0.35, zorder=1)
+            cb = fig.colorbar(cf, ax=ax, shrink=0.8)
+            cb.set_label("log det g(z) on the PCA plane")
+    labels = np.asarray(labels)
+    for c in CLASS_COLORS:
+        idx = np.flatnonzero(labels == c)
+        if idx.size == 0:
+            continue
+        col = CLASS_COLORS[c]
+        for i in idx:
+            ax.plot(traj2d[:, i, 0], traj2d[:, i, 1], color=col, lw=0.6, alpha=0.45, zorder=2)
+        ax.scatter(traj2d[0, idx, 0], traj2d[0, idx, 1], s=6, color=col, alpha=0.4, marker="o", zorder=3)
+        ax.scatter(traj2d[-1, idx, 0], traj2d[-1, idx, 1], s=22, color=col, edgecolor="k", linewidth=0.3,
+                   label=f"{c} ({idx.size})", zorder=4)
+    for i in range(min(len(words), max_labels)):
+        ax.annotate(str(words[i]).strip() or "?", traj2d[-1, i], fontsize=5.5, alpha=0.85,
+                    xytext=(2, 2), textcoords="offset points", zorder=5,
+                    color=CLASS_COLORS.get(str(labels[i]), "k"))
+    if grid is not None:
+        ax.set_xlim(grid[0][0], grid[0][-1])
+        ax.set_ylim(grid[1][0], grid[1][-1])
+    ax.set_xlabel("PC 1 of endpoints z_T")
+    ax.set_ylabel("PC 2 of endpoints z_T")
+    ax.set_title(title or "semantic map: trajectories z_0 -> z_T, endpoint token = head argmax")
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path, dpi=dpi)
+
+
+def plot_limits(traj2d, q=0.01, pad=0.1):
+    """(amin, amax, bmin, bmax): the q..1-q quantiles of all projected states plus a margin (a few far-flung
+    trajectories are clipped rather than squeezing the rest into a corner)."""
+    t = np.asarray(traj2d, dtype=np.float64).reshape(-1, 2)
+    lo, hi = np.quantile(t, q, axis=0), np.quantile(t, 1.0 - q, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad * span, hi + pad * span
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])

@@ -8,7 +8,8 @@ noun / verb / end (the end-of-story token) / other.
 
 Projection (for the picture only). PCA of the endpoints: Zc = Z - mean, Zc = U S V^T (numpy SVD),
 coords = Zc V[:2]^T. Trajectories (their step-boundary states) are projected on the same plane. The
-backdrop is log det g(z) on the plane z = mean + a pc1 + b pc2 (computed by the caller's model).
+backdrop is log det g(z) on the plane z = mean + a pc1 + b pc2. The model runs in geolm.apps.trajectories,
+the drawing in geolm.apps.plots.
 
 Statistics (in the full D dimensions, never on the 2-D picture), Euclidean distances:
     silhouette  s_i = (b_i - a_i) / max(a_i, b_i), a_i = mean distance to the rest of i's class,
@@ -26,9 +27,10 @@ from importlib import resources
 import numpy as np
 
 from ..core.errors import ConfigError, DataError
+from .plots import draw_semantic_map, plot_limits
+from .trajectories import context_batch, logdet_landscape, run_trajectories, sample_positions
 
 CLASSES = ("noun", "verb", "end", "other")
-CLASS_COLORS = {"noun": "#1f77b4", "verb": "#d62728", "end": "#2ca02c", "other": "#7f7f7f"}
 EOS_STRINGS = frozenset({"<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[eos]"})
 
 
@@ -211,17 +213,6 @@ def class_stats(points, labels, k=10, drop=("other",)):
     return out
 
 
-def json_safe(x):
-    """Nested dicts/lists with non-finite floats replaced by None (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
 def format_stats(stats):
     """A small fixed-width table of class_stats output."""
     head = f"{'points':<22} {'n':>4} {'C':>2} {'silhouette':>10} {'kNN purity':>10} {'chance':>7}"
@@ -232,132 +223,7 @@ def format_stats(stats):
     return "\n".join(rows)
 
 
-# ----------------------------------------------------------------------------- the picture
-
-def draw_semantic_map(path, traj2d, labels, words, grid=None, title="", dpi=220, max_labels=200):
-    """Draw trajectories, labelled endpoints by class and an optional log det g backdrop; PNG at `path`.
-
-    traj2d [S+1,N,2] projected step-boundary states (last = endpoints); labels/words [N];
-    grid = (a [G], b [G], L [G,G] log det g, rows over b) or None.
-    """
-    from .plots import pyplot, save_figure
-
-    plt = pyplot()
-    traj2d = np.asarray(traj2d, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(11, 9))
-    if grid is not None:
-        a, b, L = grid
-        L = np.asarray(L, dtype=np.float64)
-        if np.isfinite(L).any():
-            cf = ax.contourf(a, b, L, levels=24, cmap="terrain", alpha=0.55, zorder=0)
-            ax.contour(a, b, L, levels=12, colors="k", linewidths=0.3, alpha=0.35, zorder=1)
-            cb = fig.colorbar(cf, ax=ax, shrink=0.8)
-            cb.set_label("log det g(z) on the PCA plane")
-    labels = np.asarray(labels)
-    for c in CLASSES:
-        idx = np.flatnonzero(labels == c)
-        if idx.size == 0:
-            continue
-        col = CLASS_COLORS[c]
-        for i in idx:
-            ax.plot(traj2d[:, i, 0], traj2d[:, i, 1], color=col, lw=0.6, alpha=0.45, zorder=2)
-        ax.scatter(traj2d[0, idx, 0], traj2d[0, idx, 1], s=6, color=col, alpha=0.4, marker="o", zorder=3)
-        ax.scatter(traj2d[-1, idx, 0], traj2d[-1, idx, 1], s=22, color=col, edgecolor="k", linewidth=0.3,
-                   label=f"{c} ({idx.size})", zorder=4)
-    for i in range(min(len(words), max_labels)):
-        ax.annotate(str(words[i]).strip() or "?", traj2d[-1, i], fontsize=5.5, alpha=0.85,
-                    xytext=(2, 2), textcoords="offset points", zorder=5,
-                    color=CLASS_COLORS.get(str(labels[i]), "k"))
-    if grid is not None:
-        ax.set_xlim(grid[0][0], grid[0][-1])
-        ax.set_ylim(grid[1][0], grid[1][-1])
-    ax.set_xlabel("PC 1 of endpoints z_T")
-    ax.set_ylabel("PC 2 of endpoints z_T")
-    ax.set_title(title or "semantic map: trajectories z_0 -> z_T, endpoint token = head argmax")
-    ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, path, dpi=dpi)
-
-
-def plot_limits(traj2d, q=0.01, pad=0.1):
-    """(amin, amax, bmin, bmax): the q..1-q quantiles of all projected states plus a margin (a few far-flung
-    trajectories are clipped rather than squeezing the rest into a corner)."""
-    t = np.asarray(traj2d, dtype=np.float64).reshape(-1, 2)
-    lo, hi = np.quantile(t, q, axis=0), np.quantile(t, 1.0 - q, axis=0)
-    span = np.maximum(hi - lo, 1e-6)
-    lo, hi = lo - pad * span, hi + pad * span
-    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
-
-
-# ----------------------------------------------------------------------------- running a Riemannian model
-
-def sample_positions(stories, n, seed=0, end_frac=0.125):
-    """Pick n (story, position) pairs from token-id stories: ~end_frac of them at a story's last token (where
-    the next token is the end of the story, so 'end' predictions can appear), the rest uniform over tokens.
-
-    -> (story index [n] int, position [n] int). Deterministic in seed.
-    """
-    lens = np.array([len(s) for s in stories], dtype=np.int64)
-    if lens.size == 0 or lens.sum() == 0:
-        raise DataError("no validation tokens to sample trajectories from; pass --val-data with stories")
-    rng = np.random.default_rng([int(seed), 7])
-    n_end = int(round(n * end_frac))
-    nonempty = np.flatnonzero(lens > 0)
-    si_end = rng.choice(nonempty, size=n_end, replace=nonempty.size < n_end)
-    pos_end = lens[si_end] - 1
-    flat = rng.choice(int(lens.sum()), size=n - n_end, replace=int(lens.sum()) < n - n_end)
-    starts = np.concatenate([[0], np.cumsum(lens)])
-    si = np.searchsorted(starts, flat, side="right") - 1
-    pos = flat - starts[si]
-    return np.concatenate([si_end, si]).astype(np.int64), np.concatenate([pos_end, pos]).astype(np.int64)
-
-
-def context_batch(stories, story_idx, pos, T, pad_id):
-    """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i], right-padded with
-    pad_id (any id inside the embedding table: a causal encoder never reads later positions for earlier ones).
-    -> (ids [n,T] int32, col [n] int)."""
-    n = len(story_idx)
-    ids = np.full((n, T), pad_id, dtype=np.int32)
-    col = np.empty(n, dtype=np.int64)
-    for i, (s, t) in enumerate(zip(story_idx, pos)):     # n ~ 200 rows: a loop over samples, not tokens
-        toks = np.asarray(stories[s])
-        start = max(0, int(t) - T + 1)
-        w = toks[start:start + T]
-        ids[i, :len(w)] = w
-        col[i] = int(t) - start
-    return ids, col
-
-
-def run_trajectories(theta, cfg, spec, ids, col):
-    """Encoder on ids [n,T], then the ODE on the n chosen positions only.
-
-    -> dict(z0 [n,D], zT [n,D], traj [S+1,n,D], pred [n] int (head argmax at z_T)), float64 copies.
-    """
-    from ..models import riemann
-    from ..ops.transformer import encoder_forward
-
-    p = spec.views(theta)
-    h, _ = encoder_forward(ids, p["enc"], cfg.heads)                 # [n,T] -> [n,T,D]
-    z0 = np.ascontiguousarray(h[np.arange(len(col)), col])          # [n,D]
-    zT, traj, _, _ = riemann.flow(z0, p, cfg)                        # [n,D], [S+1,n,D]
-    logits = riemann.head_forward(zT, p, cfg)[0]                     # [n,V]
-    return {"z0": z0.astype(np.float64), "zT": np.asarray(zT, dtype=np.float64),
-            "traj": np.asarray(traj, dtype=np.float64), "pred": np.argmax(logits, axis=1)}
-
-
-def logdet_landscape(theta, cfg, spec, points, chunk=256):
-    """log det g at points [M,D] (float64 [M]); None for the identity metric or the no-ODE control."""
-    from ..models import riemann
-
-    if cfg.no_ode or cfg.metric == "identity":
-        return None
-    p = spec.views(theta)
-    dt = theta.dtype
-    out = np.empty(points.shape[0])
-    for i in range(0, points.shape[0], chunk):                       # chunks bound the [m,R*D] U-MLP output
-        z = np.ascontiguousarray(points[i:i + chunk], dtype=dt)
-        out[i:i + chunk] = riemann.field_eval(z, p["field"], cfg)["logdet"]
-    return out
-
+# ----------------------------------------------------------------------------- labels and the map
 
 def label_tokens(tok, pred, lexicon):
     """Decoded endpoint tokens and their classes: -> (words list[str], labels array[str])."""

@@ -8,7 +8,7 @@ Per trajectory (token) i, averaged over i:
     metric length  M_i = sum_k sqrt(dz_k^T g(z_k) dz_k),  dz_k = z_{k+1} - z_k, g at the segment start
                    dz^T g dz = eps |dz|^2 + alpha |U dz|^2             (no D x D matrix)
     linearity      mean_i D_i / P_i ("linearity", over trajectories that move) and mean D / mean P
-                   ("linearity_of_means"); the published 0.646 != 53.45 / 83.76 suggests the first
+                   ("linearity_of_means"): the two differ, so both are reported
     fDecay         |f(z_K)| / |f(z_0)| (mean of per-trajectory ratios) and its square ("fdecay_sq")
     speed          |g^-1 f| and |f| ("f_norm"), mean over tokens and step boundaries
     log det g      mean over tokens and RK4 stages ("logdet"), split into (d - r) log eps ("logdet_const")
@@ -83,7 +83,8 @@ def summarize(traj, fields, aux, cfg):
 
 def trajectory_telemetry(p, ids, targets, cfg):
     """Full telemetry of the model (param views p) on one batch ids/targets [B,T] -> dict of floats."""
-    logits, fo, _ = riemann.forward(p, ids, cfg)
+    logits, cache = riemann.forward(p, ids, cfg)
+    fo = riemann.outputs(cache)
     nll, n = nll_sum(logits, np.asarray(targets).reshape(-1))
     pen_f, pen_m, _ = riemann.penalties(fo["aux"], cfg)
     ce = nll / max(n, 1)

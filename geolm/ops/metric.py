@@ -14,38 +14,35 @@ Backward (cotangents dv [d], dl of logdet; g is symmetric so y solves with the s
 Cost per token: forward ~2 r^2 d + r^3/3 + 4 r d, backward ~8 r d + 2 r^2 d (the K^-1 U term, only with dl)
 + r^3; dense would be ~2 r d^2 + d^3.  Works for r = 1, r = d and r > d (valid, but then costlier than dense).
 
-Numerics: in exact arithmetic every Cholesky pivot of K is >= eps (K >= eps*I). A pivot that is not finite
+Numerics. In exact arithmetic every Cholesky pivot of K is >= eps (K >= eps*I). A pivot that is not finite
 or below eps/2 means K is not positive definite at this precision (alpha*|U|^2/eps beyond what the dtype
 resolves, or non-finite U): raise NumericalError naming eps, alpha and max|U|, never return NaN.
-Everything runs in the input dtype (float32 in -> float32 math and out); only log det K is summed in float64.
+Cancellation in v = (f - alpha*U^T s)/eps (and in y): split f = f_par + f_perp, f_par in the row space of U.
+Then v = f_perp/eps + (a part of size <= |f_par|/eps), and alpha*U^T s cancels f_par up to rounding
+~ u*cond(K)*|f| (u the unit roundoff), so the relative error of v is ~ u*cond(K)*|f|/|f_perp|. A dense solve
+in the same precision errs by ~ u*cond(g), and cond(K) <= cond(g). For generic f, |f_perp|^2 ~ (d - r)/d |f|^2:
+with 2r <= d the Woodbury result is within a small factor of the dense solve's accuracy (or far better), but as r
+approaches d, f_perp vanishes and float32 cancellation leaves errors of percent size at small eps, large alpha.
+So float32 input with 2r > d is computed in float64 (`work_dtype`): K, its factor, s, v, y, dU and df, in token
+chunks of at most WIDE_CHUNK_BYTES of float64 U; outputs are rounded back to float32 and the cache keeps the
+float64 factor. float32 with 2r <= d and float64 input run in their own dtype (only log det K is summed in
+float64); forming U U^T in float64 costs about twice the float32 syrk, paid only where r is close to d.
 
-Three tiers: tests/naive_metric.py (dense float64 oracle), `metric_solve_ref` (vectorised NumPy over
-[N,r,r] stacks: matmul, np.linalg.cholesky, np.linalg.inv of the factor), `_metric_solve_nb` (Numba:
-per token BLAS: syrk for U U^T (upper triangle only, half the multiplies of np.dot's gemm), np.dot for U f,
-U^T s and K^-1 U, LAPACK potrf/potrs/potri; syrk and LAPACK through SciPy's cython pointers; prange over token
-chunks; `_metric_solve_nb_serial` below PARALLEL_FLOPS of work).
-The public pair validates, dispatches (numba by default) and records the choice in the cache; BLAS is
-limited to one thread while the Numba kernel runs (threadpoolctl). Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
+Tiers: the dense tier `dense_metric_forward/backward` (forms g [N,d,d]: np.linalg.solve/slogdet, backward
+through np.linalg.inv; the baseline of the Riemann dense control and the benchmark, and in float64 the tests'
+oracle), `metric_solve_ref` (vectorised NumPy over [N,r,r] stacks: matmul, np.linalg.cholesky, np.linalg.inv of
+the factor), and the Numba kernels of geolm.ops.metric_kernels (per-token BLAS/LAPACK, prange over tokens).
+The public pair validates, dispatches (numba by default) and records the choice in the cache.
+Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
 """
 import math
 
 import numpy as np
 
-from ..core.errors import GeolmError, ConfigError, NumericalError
-from ..core.jit import njit, njit_parallel, prange
+from ..core.errors import ConfigError, GeolmError, NumericalError
+from .metric_kernels import backward_nb, forward_nb
 
-_CTL = None
-
-
-def _blas_single_thread():
-    """Context limiting BLAS to one thread (the Numba kernel is already parallel over tokens)."""
-    global _CTL
-    if _CTL is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS first so the controller sees it)
-        import scipy.linalg.cython_lapack  # noqa: F401
-        from threadpoolctl import ThreadpoolController
-        _CTL = ThreadpoolController()
-    return _CTL.limit(limits=1, user_api="blas")
+WIDE_CHUNK_BYTES = 32 << 20  # float64 copies of U made at once in the float64-work path
 
 
 # ----------------------------------------------------------------------------- validation / errors
@@ -67,8 +64,8 @@ def _check(U, f, eps, alpha):
     return np.ascontiguousarray(U), np.ascontiguousarray(f), eps, alpha
 
 
-def _not_pd_error(U, eps, alpha, bad):
-    """NumericalError for tokens `bad` (indices) whose K failed to factor."""
+def _not_pd_error(U, eps, alpha, bad, work=None):
+    """NumericalError for tokens `bad` (indices) whose K failed to factor in dtype `work` (default U's)."""
     n0 = int(bad[0])
     umax = float(np.max(np.abs(U))) if U.size else 0.0
     if not np.all(np.isfinite(U[n0])):
@@ -76,9 +73,39 @@ def _not_pd_error(U, eps, alpha, bad):
                               f"eps={eps:g}, alpha={alpha:g}); lower the learning rate or clip gradients")
     scale = alpha * float(np.sum(U[n0].astype(np.float64) ** 2)) / eps
     return NumericalError(
-        f"metric K = eps*I + alpha*U U^T is not positive definite in {U.dtype} for {len(bad)} of {U.shape[0]} "
+        f"metric K = eps*I + alpha*U U^T is not positive definite in {np.dtype(work or U.dtype)} for {len(bad)} of "
+        f"{U.shape[0]} "
         f"tokens (first {n0}): eps={eps:g}, alpha={alpha:g}, max|U|={umax:.3g}, alpha*|U_n|^2/eps={scale:.3g}; "
         f"raise eps, lower alpha or the U-MLP output scale, or run in float64")
+
+
+# ----------------------------------------------------------------------------- dense tier
+
+def dense_metric_forward(U, f, eps, alpha):
+    """U [N,r,d], f [N,d] -> (v = g^-1 f [N,d], logdet g [N], cache), g = eps I + alpha U^T U formed densely."""
+    U, f, eps, alpha = _check(U, f, eps, alpha)
+    D = f.shape[-1]
+    g = alpha * np.matmul(U.transpose(0, 2, 1), U)  # [N,D,R] @ [N,R,D] -> [N,D,D]
+    g += eps * np.eye(D, dtype=f.dtype)
+    sign, logdet = np.linalg.slogdet(g)  # [N]
+    if not np.all(sign > 0):
+        raise NumericalError(f"dense metric not positive definite (eps={eps}, alpha={alpha}, max |U|="
+                             f"{float(np.abs(U).max()):.3g}); raise --eps or lower --alpha")
+    v = np.linalg.solve(g, f[..., None])[..., 0]  # [N,D,D] \ [N,D,1] -> [N,D]
+    return v, logdet.astype(f.dtype), (U, g, v, alpha)
+
+
+def dense_metric_backward(dv, dlogdet, cache):
+    """(dv [N,d], dlogdet [N] or None) -> (dU [N,r,d], df [N,d]) via the dense inverse."""
+    U, g, v, alpha = cache
+    ginv = np.linalg.inv(g)  # [N,D,D] (symmetric)
+    y = np.matmul(ginv, dv[..., None])[..., 0]  # [N,D]; v = g^-1 f  =>  df = g^-T dv
+    dg = -y[:, :, None] * v[:, None, :]  # [N,D,D]
+    if dlogdet is not None:
+        dg += dlogdet[:, None, None] * ginv  # d log det g / dg = g^-T
+    # g = eps I + alpha U^T U  =>  dU = alpha U (dg + dg^T)
+    dU = alpha * np.matmul(U, dg + dg.transpose(0, 2, 1))  # [N,R,D] @ [N,D,D] -> [N,R,D]
+    return dU, y
 
 
 # ----------------------------------------------------------------------------- NumPy reference
@@ -109,12 +136,12 @@ def metric_solve_ref(U, f, eps, alpha):
     s = Linv.transpose(0, 2, 1) @ (Linv @ w)  # K^-1 U f, [N,r,1]
     v = (f - alpha * (s.transpose(0, 2, 1) @ U)[:, 0]) / eps  # [N,1,r] @ [N,r,d] -> [N,d]
     logdet = (d - r) * math.log(eps) + logdetK
-    return v, logdet, ("ref", U, v, s[:, :, 0], Linv, logdetK, eps, alpha)
+    return v, logdet, ("ref", U, v, s[:, :, 0], Linv, logdetK, eps, alpha, U.dtype)
 
 
 def metric_solve_backward_ref(dv, dlogdet, cache):
     """Vectorised NumPy backward: (dv [N,d], dlogdet [N] or None) -> (dU [N,r,d], df [N,d])."""
-    _, U, v, s, Linv, _, eps, alpha = cache
+    _, U, v, s, Linv, _, eps, alpha, _ = cache
     Kinv = Linv.transpose(0, 2, 1) @ Linv  # K^-1 = L^-T L^-1, [N,r,r]
     t = Kinv @ (U @ dv[:, :, None])  # t = K^-1 U dv, [N,r,1]
     y = (dv - alpha * (t.transpose(0, 2, 1) @ U)[:, 0]) / eps  # y = g^-1 dv, [N,d]
@@ -126,258 +153,97 @@ def metric_solve_backward_ref(dv, dlogdet, cache):
     return dU, y
 
 
-# ----------------------------------------------------------------------------- Numba kernels
-
-def _lapack(dtype):
-    """(potrf, potrs, potri) for dtype as ctypes function pointers into SciPy's LAPACK (Fortran ABI).
-
-    They are passed to the kernels as arguments (not globals) so Numba can still cache the kernels.
-    A C-order [r,r] block is the transpose in Fortran's view; for symmetric K, uplo='L' there is
-    R upper in C order with K = R^T R.
-    """
-    key = np.dtype(dtype).char
-    if key not in _LAPACK:
-        import ctypes
-        from numba.extending import get_cython_function_address
-        vp = ctypes.c_void_p
-        pre = "s" if key == "f" else "d"
-        fns = []
-        for name, nargs in (("potrf", 5), ("potrs", 8), ("potri", 5)):
-            addr = get_cython_function_address("scipy.linalg.cython_lapack", pre + name)
-            fns.append(ctypes.CFUNCTYPE(None, *([vp] * nargs))(addr))
-        _LAPACK[key] = tuple(fns)
-    return _LAPACK[key]
-
-
-_LAPACK = {}
-
-
-def _blas(dtype):
-    """?syrk for dtype as a ctypes function pointer into SciPy's BLAS (Fortran ABI), like _lapack."""
-    key = np.dtype(dtype).char
-    if key not in _BLAS:
-        import ctypes
-        from numba.extending import get_cython_function_address
-        addr = get_cython_function_address("scipy.linalg.cython_blas", ("s" if key == "f" else "d") + "syrk")
-        _BLAS[key] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 10))(addr)
-    return _BLAS[key]
-
-
-_BLAS = {}
-
-
-@njit
-def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
-    """Forward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
-    r, d = U.shape[1], U.shape[2]
-    ib = np.empty(4, np.int32)  # Fortran ints: ib[0] = n = lda = ldb, ib[1] = nrhs, ib[2] = info, ib[3] = d
-    up = np.empty(2, np.uint8)
-    up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
-    up[1] = 84  # 'T'
-    one = np.ones(1, U.dtype)
-    zero = np.zeros(1, U.dtype)
-    w = np.empty(r, U.dtype)
-    tmp = np.empty(d, U.dtype)
-    for n in range(lo, hi):
-        Un = U[n]
-        Rn = R[n]
-        ib[0] = r
-        ib[3] = d
-        # upper (C order) triangle of U U^T: Fortran sees U as U^T [d,r], so C = A^T A with trans 'T', k = d
-        syrk(up[0:1].ctypes, up[1:2].ctypes, ib[0:1].ctypes, ib[3:4].ctypes, one.ctypes, Un.ctypes,
-             ib[3:4].ctypes, zero.ctypes, Rn.ctypes, ib[0:1].ctypes)
-        for i in range(r):
-            for j in range(i, r):
-                Rn[i, j] *= alpha_t
-            Rn[i, i] += eps_t  # K = eps I + alpha U U^T (upper triangle; potrf reads only that)
-        ib[0] = r
-        ib[1] = 1
-        ib[2] = 0
-        potrf(up.ctypes, ib[0:1].ctypes, Rn.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # K = R^T R
-        bad = ib[2]
-        ld = 0.0
-        for i in range(r):
-            piv = float(Rn[i, i]) * float(Rn[i, i])
-            if not (piv > 0.5 * eps and piv < np.inf):  # exact pivots are >= eps
-                bad = i + 1
-                break
-            ld += math.log(piv)
-        info[n] = bad
-        if bad != 0:
-            logdetK[n] = 0.0
-            v[n, :] = 0.0
-            s[n, :] = 0.0
-            continue
-        logdetK[n] = ld  # log det K = 2 sum log diag R
-        for i in range(1, r):
-            for j in range(i):
-                Rn[i, j] = 0.0
-        np.dot(Un, f[n], w)  # [r,d] @ [d] -> [r]
-        potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, Rn.ctypes, ib[0:1].ctypes, w.ctypes, ib[0:1].ctypes,
-              ib[2:3].ctypes)  # s = K^-1 U f
-        for i in range(r):
-            s[n, i] = w[i]
-        np.dot(w, Un, tmp)  # U^T s, [r] @ [r,d] -> [d]
-        for j in range(d):
-            v[n, j] = (f[n, j] - alpha_t * tmp[j]) / eps_t  # v = (f - alpha U^T s) / eps
-
-
-@njit
-def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
-    """Backward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
-    r, d = U.shape[1], U.shape[2]
-    ib = np.empty(4, np.int32)
-    up = np.empty(1, np.uint8)
-    up[0] = 76
-    Kinv = np.empty((r, r), U.dtype)
-    t = np.empty(r, U.dtype)
-    a = np.empty(r, U.dtype)
-    tmp = np.empty(d, U.dtype)
-    for n in range(lo, hi):
-        Un = U[n]
-        ib[0] = r
-        ib[1] = 1
-        ib[2] = 0
-        np.dot(Un, dv[n], a)  # U dv, [r,d] @ [d] -> [r]
-        if has_dl:
-            for i in range(r):
-                for j in range(r):
-                    Kinv[i, j] = R[n, i, j]
-            potri(up.ctypes, ib[0:1].ctypes, Kinv.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # upper of K^-1
-            for i in range(1, r):
-                for j in range(i):
-                    Kinv[i, j] = Kinv[j, i]
-            np.dot(Kinv, a, t)  # t = K^-1 U dv
-        else:
-            for i in range(r):
-                t[i] = a[i]
-            potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, R[n].ctypes, ib[0:1].ctypes, t.ctypes,
-                  ib[0:1].ctypes, ib[2:3].ctypes)  # t = K^-1 U dv
-        np.dot(t, Un, tmp)  # U^T t, [r] @ [r,d] -> [d]
-        for j in range(d):
-            df[n, j] = (dv[n, j] - alpha_t * tmp[j]) / eps_t  # y = g^-1 dv
-        dUn = dU[n]
-        if has_dl:
-            np.dot(Kinv, Un, dUn)  # K^-1 U, [r,r] @ [r,d] -> [r,d]
-            cl = 2.0 * alpha * dlogdet[n]  # logdet = ... + log det K:  dU += 2 alpha dl K^-1 U
-            for i in range(r):
-                ti = alpha_t * t[i]
-                si = alpha_t * s[n, i]
-                for j in range(d):
-                    dUn[i, j] = cl * dUn[i, j] - ti * v[n, j] - si * df[n, j]
-        else:
-            for i in range(r):  # v = (f - alpha U^T K^-1 U f)/eps:  dU = -alpha (t v^T + s y^T)
-                ti = alpha_t * t[i]
-                si = alpha_t * s[n, i]
-                for j in range(d):
-                    dUn[i, j] = -ti * v[n, j] - si * df[n, j]
-
-
-@njit_parallel
-def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
-    """Forward kernel, parallel over token chunks. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky
-    factor, K = R^T R), s [N,r] (= K^-1 U f), info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d],
-    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf, potrs: see _lapack; syrk: _blas."""
-    N = U.shape[0]
-    nchunk = min(N, 64)
-    for c in prange(nchunk):
-        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t,
-                       eps_t, potrf, potrs, syrk)
-
-
-@njit
-def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
-    """Same as _metric_solve_nb on one thread (small problems: no parallel-region overhead)."""
-    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk)
-
-
-@njit_parallel
-def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
-    """Backward kernel, parallel over token chunks. Outputs dU [N,r,d], df [N,d]; inputs dv [N,d], dlogdet [N]
-    (read iff has_dl), U, v, s, R from the forward; potrs, potri: see _lapack."""
-    N = U.shape[0]
-    nchunk = min(N, 64)
-    for c in prange(nchunk):
-        _backward_range(c * N // nchunk, (c + 1) * N // nchunk, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha,
-                        eps_t, alpha_t, potrs, potri)
-
-
-@njit
-def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs,
-                                     potri):
-    """Same as _metric_solve_backward_nb on one thread."""
-    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri)
-
-
-def _parallel(U):
-    """Use the prange kernels above PARALLEL_FLOPS of work (~1 ms on one core): a parallel region costs tens of
-    microseconds on an idle machine, and milliseconds (omp layer) when the cores are oversubscribed."""
-    N, r, d = U.shape
-    return N > 1 and N * (2 * r * r * d + r ** 3 + 8 * r * d) >= PARALLEL_FLOPS
-
-
-PARALLEL_FLOPS = 5e7
-
-
 # ----------------------------------------------------------------------------- public pair
+
+def work_dtype(U):
+    """The dtype the solve runs in: float64 for float32 U [N,r,d] with 2r > d (see Numerics), else U's."""
+    _, r, d = U.shape
+    return np.dtype(np.float64) if U.dtype == np.float32 and 2 * r > d else U.dtype
+
+
+def _chunks(U):
+    """Token ranges holding at most WIDE_CHUNK_BYTES of float64 U."""
+    N, r, d = U.shape
+    step = max(1, WIDE_CHUNK_BYTES // (8 * r * d))
+    return [(lo, min(N, lo + step)) for lo in range(0, N, step)]
+
+
+def _forward_numba(U, f, eps, alpha, work):
+    N, r, d = U.shape
+    v = np.empty((N, d), work)
+    logdetK = np.empty(N, work)
+    R = np.empty((N, r, r), work)
+    s = np.empty((N, r), work)
+    info = np.zeros(N, np.int32)
+    if work == U.dtype:
+        forward_nb(v, logdetK, R, s, info, U, f, eps, alpha)
+    else:
+        for lo, hi in _chunks(U):
+            forward_nb(v[lo:hi], logdetK[lo:hi], R[lo:hi], s[lo:hi], info[lo:hi], U[lo:hi].astype(work),
+                       f[lo:hi].astype(work), eps, alpha)
+    if info.any():
+        raise _not_pd_error(U, eps, alpha, np.nonzero(info)[0], work)
+    return v, logdetK, R, s
+
 
 def metric_solve_forward(U, f, eps, alpha, backend="numba"):
     """v = g^-1 f and log det g for g = eps*I + alpha*U^T U per token.
 
-    U [N,r,d], f [N,d] (same float dtype), eps > 0, alpha >= 0 -> (v [N,d], logdet [N], cache).
+    U [N,r,d], f [N,d] (same float dtype), eps > 0, alpha >= 0 -> (v [N,d], logdet [N], cache), in U's dtype.
     backend "numba" (default) or "ref" (vectorised NumPy); the choice is recorded in the cache.
     Raises NumericalError if K = eps*I + alpha*U U^T does not factor at this precision.
     """
     U, f, eps, alpha = _check(U, f, eps, alpha)
-    if backend == "ref":
-        return metric_solve_ref(U, f, eps, alpha)
-    if backend != "numba":
+    if backend not in ("numba", "ref"):
         raise ConfigError(f"metric backend must be 'numba' or 'ref', got {backend!r}")
+    dtype, work = U.dtype, work_dtype(U)
     N, r, d = U.shape
-    dt = U.dtype.type
-    v = np.empty((N, d), U.dtype)
-    logdetK = np.empty(N, U.dtype)
-    R = np.empty((N, r, r), U.dtype)
-    s = np.empty((N, r), U.dtype)
-    info = np.zeros(N, np.int32)
-    with _blas_single_thread():
-        potrf, potrs, _ = _lapack(U.dtype)
-        syrk = _blas(U.dtype)
-        kern = _metric_solve_nb if _parallel(U) else _metric_solve_nb_serial
-        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), potrf, potrs, syrk)
-    if info.any():
-        raise _not_pd_error(U, eps, alpha, np.nonzero(info)[0])
+    if backend == "ref":
+        if work == dtype:
+            return metric_solve_ref(U, f, eps, alpha)
+        v, logdet, cache = metric_solve_ref(U.astype(work), f.astype(work), eps, alpha)
+        return v.astype(dtype), logdet.astype(dtype), cache[:-1] + (dtype,)
+    v, logdetK, R, s = _forward_numba(U, f, eps, alpha, work)
     logdet = logdetK + (d - r) * math.log(eps)
-    return v, logdet, ("numba", U, v, s, R, logdetK, eps, alpha)
+    cache = ("numba", U, v, s, R, logdetK, eps, alpha, dtype)
+    if work == dtype:
+        return v, logdet, cache
+    return v.astype(dtype), logdet.astype(dtype), cache
 
 
 def metric_solve_backward(dv, dlogdet, cache, dU_out=None):
     """(dv [N,d], dlogdet [N] or None, cache) -> (dU [N,r,d], df [N,d]) by the backend the forward used.
 
-    dU_out: optional C-contiguous [N,r,d] array of U's dtype that receives dU (numba backend; saves allocating
-    a fresh N*r*d array per call)."""
-    backend, U, v, s, R, _, eps, alpha = cache
-    dv = np.ascontiguousarray(dv, dtype=U.dtype)
+    dlogdet None skips the log-det term (no K^-1 is formed). dU_out: optional C-contiguous [N,r,d] array of U's
+    dtype that receives dU (numba backend; saves allocating a fresh N*r*d array per call)."""
+    backend, U, v, s, R, _, eps, alpha, dtype = cache
+    work = R.dtype
+    dv = np.ascontiguousarray(dv, dtype=work)
     if dlogdet is not None:
-        dlogdet = np.ascontiguousarray(dlogdet, dtype=U.dtype)
+        dlogdet = np.ascontiguousarray(dlogdet, dtype=work)
     if backend == "ref":
-        return metric_solve_backward_ref(dv, dlogdet, cache)
+        dU, df = metric_solve_backward_ref(dv, dlogdet, cache)
+        return (dU, df) if work == dtype else (dU.astype(dtype), df.astype(dtype))
     N, r, d = U.shape
-    dt = U.dtype.type
-    if dU_out is not None and dU_out.shape == U.shape and dU_out.dtype == U.dtype and dU_out.flags.c_contiguous:
+    if dU_out is not None and dU_out.shape == U.shape and dU_out.dtype == dtype and dU_out.flags.c_contiguous:
         dU = dU_out
     else:
-        dU = np.empty((N, r, d), U.dtype)
-    df = np.empty((N, d), U.dtype)
-    dl = dlogdet if dlogdet is not None else np.zeros(1, U.dtype)
-    with _blas_single_thread():
-        _, potrs, potri = _lapack(U.dtype)
-        kern = _metric_solve_backward_nb if _parallel(U) else _metric_solve_backward_nb_serial
-        kern(dU, df, dv, dl, dlogdet is not None, U, v, s, R, alpha, dt(eps), dt(alpha), potrs, potri)
-    return dU, df
+        dU = np.empty((N, r, d), dtype)
+    df = np.empty((N, d), work)
+    if work == dtype:
+        backward_nb(dU, df, dv, dlogdet, U, v, s, R, eps, alpha)
+        return dU, df
+    chunks = _chunks(U)
+    dUw = np.empty((max((hi - lo for lo, hi in chunks), default=0), r, d), work)  # [chunk,r,d], reused
+    for lo, hi in chunks:
+        dl = dlogdet[lo:hi] if dlogdet is not None else None
+        backward_nb(dUw[:hi - lo], df[lo:hi], dv[lo:hi], dl, U[lo:hi].astype(work), v[lo:hi], s[lo:hi], R[lo:hi],
+                    eps, alpha)
+        dU[lo:hi] = dUw[:hi - lo]
+    return dU, df.astype(dtype)
 
 
 def metric_logdet_parts(cache):
     """(const = (d - r)*log(eps) as a float, logdetK [N]) with logdet = const + logdetK."""
-    _, U, _, _, _, logdetK, eps, _ = cache
+    _, U, _, _, _, logdetK, eps, _, _ = cache
     return (U.shape[2] - U.shape[1]) * math.log(eps), logdetK

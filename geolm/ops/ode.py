@@ -9,6 +9,9 @@ Kutta's 3/8 rule that torchdiffeq's 'rk4' uses), h = (t1 - t0)/S, autonomous fie
 Field protocol: field_forward(z [N,D], p) -> (dz [N,D], aux {name: [N]}, cache);
                 field_backward(ddz [N,D], daux {name: [N]}, cache) -> (dz [N,D], dp like p).
 daux holds only the names that receive a cotangent (a field may skip work for the others).
+field_forward may also be a tuple of four such functions, stage i calling the i-th: the same field bound to
+per-stage resources (a field whose caches live in reusable buffers keeps one set per stage, since the adjoint
+holds a step's four stage caches at once).
 
 Memory: the forward keeps z at the S+1 step boundaries (traj) only; the backward recomputes one
 step's four stages from its boundary, then runs their VJPs in reverse (discretise-then-optimise, the
@@ -54,12 +57,22 @@ def _step_size(t0, t1, n_steps):
     return (t1 - t0) / int(n_steps)
 
 
+def _per_stage(field):
+    """(F1, F2, F3, F4) from one field function or a tuple of four."""
+    if isinstance(field, (tuple, list)):
+        if len(field) != 4:
+            raise ConfigError(f"an RK4 field must be one function or a tuple of 4 (one per stage), got {len(field)}")
+        return tuple(field)
+    return (field,) * 4
+
+
 def _stages(field_forward, z, p, h):
     """One RK4 step from z: -> (z_next, [aux_i], [cache_i]) for stages i = 1..4."""
-    k1, a1, c1 = field_forward(z, p)
-    k2, a2, c2 = field_forward(z + (0.5 * h) * k1, p)
-    k3, a3, c3 = field_forward(z + (0.5 * h) * k2, p)
-    k4, a4, c4 = field_forward(z + h * k3, p)
+    f1, f2, f3, f4 = _per_stage(field_forward)
+    k1, a1, c1 = f1(z, p)
+    k2, a2, c2 = f2(z + (0.5 * h) * k1, p)
+    k3, a3, c3 = f3(z + (0.5 * h) * k2, p)
+    k4, a4, c4 = f4(z + h * k3, p)
     z_next = z + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
     return z_next, (a1, a2, a3, a4), (c1, c2, c3, c4)
 
@@ -98,13 +111,16 @@ def rk4_forward(field_forward, z0, p, t0, t1, n_steps, field_eval=None):
     """Integrate dz/dt = F(z) on [t0, t1] with n_steps classical RK4 steps.
 
     z0 [N,D] -> (zT [N,D], traj [S+1,N,D] boundary states, aux {name: [S,4,N]}, cache).
-    field_eval(z, p) -> (dz, aux), optional: the same field without building a cache (the forward sweep drops
-    the caches anyway; the adjoint recomputes them with field_forward).
+    field_eval(z, p) -> (dz, aux), optional (one function or four): the same field without building a cache (the
+    forward sweep drops the caches anyway; the adjoint recomputes them with field_forward).
     """
     if field_eval is not None:
-        def field_forward(z, p, _ev=field_eval):  # the cache-free forward sweep
-            dz, aux = _ev(z, p)
-            return dz, aux, None
+        def nocache(ev):
+            def field(z, p):  # the cache-free forward sweep
+                dz, aux = ev(z, p)
+                return dz, aux, None
+            return field
+        field_forward = tuple(nocache(ev) for ev in _per_stage(field_eval))
     h = _step_size(t0, t1, n_steps)
     S = int(n_steps)
     traj = np.empty((S + 1,) + z0.shape, dtype=z0.dtype)  # [S+1,N,D]

@@ -2,6 +2,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from geolm.apps import plots
@@ -29,7 +30,7 @@ def test_plot_curves_writes_png(tmp_path):
     out = plots.plot_curves(curves, p, title="t", logy=True)
     assert out == str(p)
     assert _is_png(p)
-    assert not [f for f in p.parent.iterdir() if f.name.startswith(".tmp_")]
+    assert not [f for f in p.parent.iterdir() if f.name.startswith(".")]  # no temporary left behind
 
 
 def test_plot_curves_empty_and_bad_input(tmp_path):
@@ -75,3 +76,18 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         plots.plot_curves({"a": ([0, 1], [3.0, 4.0])}, p)
     assert p.read_bytes() == before
     assert [f.name for f in tmp_path.iterdir()] == ["c.png"]
+
+
+def test_draw_semantic_map(tmp_path, rng):
+    S, N = 4, 30
+    traj = np.cumsum(rng.normal(size=(S + 1, N, 2)), axis=0)
+    labels = np.array(rng.choice(list(plots.CLASS_COLORS), size=N))
+    words = [f"w{i}" for i in range(N)]
+    a = np.linspace(-3, 3, 8)
+    grid = (a, a, np.add.outer(a, a))
+    p = tmp_path / "map.png"
+    plots.draw_semantic_map(p, traj, labels, words, grid=grid, dpi=60)
+    assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 5000
+    plots.draw_semantic_map(tmp_path / "nogrid.png", traj, labels, words, grid=None, dpi=60)
+    lim = plots.plot_limits(traj, q=0.0)
+    assert lim[0] < traj[..., 0].min() and lim[3] > traj[..., 1].max()

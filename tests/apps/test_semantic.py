@@ -3,6 +3,7 @@ import pytest
 
 from geolm.apps import semantic
 from geolm.core.errors import ConfigError, DataError
+from geolm.models import riemann
 
 
 def _silhouette_naive(Z, labels):
@@ -154,21 +155,6 @@ def test_plane_grid(rng):
     np.testing.assert_allclose(ab[..., 1], np.broadcast_to(b[:, None], (5, 5)), atol=1e-10)
 
 
-def test_draw_semantic_map(tmp_path, rng):
-    S, N = 4, 30
-    traj = np.cumsum(rng.normal(size=(S + 1, N, 2)), axis=0)
-    labels = np.array(rng.choice(semantic.CLASSES, size=N))
-    words = [f"w{i}" for i in range(N)]
-    a = np.linspace(-3, 3, 8)
-    grid = (a, a, np.add.outer(a, a))
-    p = tmp_path / "map.png"
-    semantic.draw_semantic_map(p, traj, labels, words, grid=grid, dpi=60)
-    assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 5000
-    semantic.draw_semantic_map(tmp_path / "nogrid.png", traj, labels, words, grid=None, dpi=60)
-    lim = semantic.plot_limits(traj, q=0.0)
-    assert lim[0] < traj[..., 0].min() and lim[3] > traj[..., 1].max()
-
-
 class _FakeTok:
     """Word-level stand-in for the BPE tokenizer: ids -> ' word'."""
 
@@ -183,7 +169,6 @@ class _FakeTok:
 
 
 def _tiny_model(rng, metric="lowrank", no_ode=False, scale=0.3):
-    from geolm.models import riemann
     kw = {} if no_ode else dict(rank=3, hidden=8, field_hidden=16, ode_steps=2, metric=metric)
     cfg = riemann.RiemannConfig(vocab_size=40, n_vocab=40, dim=16, layers=1, heads=2, ff_mult=2, seq_len=16,
                                 no_ode=no_ode, **kw)
@@ -194,23 +179,6 @@ def _tiny_model(rng, metric="lowrank", no_ode=False, scale=0.3):
 
 def _stories(rng, n=12):
     return [rng.integers(0, 37, size=rng.integers(3, 40)).astype(np.int32) for _ in range(n)]
-
-
-def test_sample_positions_and_context(rng):
-    st = _stories(rng)
-    si, pos = semantic.sample_positions(st, 40, seed=3)
-    assert si.shape == pos.shape == (40,)
-    assert all(0 <= p < len(st[s]) for s, p in zip(si, pos))
-    assert np.all(pos[:5] == np.array([len(st[s]) - 1 for s in si[:5]]))  # end stratum first
-    si2, pos2 = semantic.sample_positions(st, 40, seed=3)
-    assert np.array_equal(si, si2) and np.array_equal(pos, pos2)
-    ids, col = semantic.context_batch(st, si, pos, 16, pad_id=38)
-    for i, (s, p) in enumerate(zip(si, pos)):
-        assert ids[i, col[i]] == st[s][p]
-        w = ids[i, :col[i] + 1]
-        assert np.array_equal(w, st[s][p - col[i]:p + 1])
-    with pytest.raises(DataError):
-        semantic.sample_positions([np.zeros(0, np.int32)], 5)
 
 
 def test_semantic_map_end_to_end(tmp_path, rng):
@@ -226,42 +194,11 @@ def test_semantic_map_end_to_end(tmp_path, rng):
     assert len(res["words"]) == 30 and set(res["labels"]) <= set(semantic.CLASSES)
 
 
-def test_run_trajectories_matches_full_forward(rng):
-    from geolm.models import riemann
-    theta, cfg, spec = _tiny_model(rng)
-    ids = rng.integers(0, 37, size=(3, 16)).astype(np.int32)
-    col = np.array([0, 7, 15])
-    run = semantic.run_trajectories(theta, cfg, spec, ids, col)
-    logits, out, _ = riemann.forward(spec.views(theta), ids, cfg)
-    rows = np.arange(3) * 16 + col
-    np.testing.assert_allclose(run["zT"], out["zT"][rows], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(run["traj"], out["traj"][:, rows], rtol=1e-4, atol=1e-5)
-    assert np.array_equal(run["pred"], logits[rows].argmax(1))
-    assert run["traj"].shape == (cfg.ode_steps + 1, 3, cfg.dim)
-
-
-def test_logdet_landscape(rng):
-    from geolm.models import riemann
-    theta, cfg, spec = _tiny_model(rng)
-    pts = rng.normal(size=(7, cfg.dim))
-    L = semantic.logdet_landscape(theta, cfg, spec, pts, chunk=3)
-    p = spec.views(theta)["field"]
-    U = riemann.field_eval(pts.astype(np.float32), p, cfg)["U"].astype(np.float64)
-    g = cfg.eps * np.eye(cfg.dim) + cfg.alpha * np.einsum("nrd,nre->nde", U, U)
-    np.testing.assert_allclose(L, np.linalg.slogdet(g)[1], rtol=1e-4, atol=1e-3)
-    assert semantic.logdet_landscape(*_tiny_model(rng, metric="identity"), pts) is None
-
-
 def test_semantic_map_no_ode_control(tmp_path, rng):
     theta, cfg, spec = _tiny_model(rng, no_ode=True)
     res = semantic.semantic_map(theta, cfg, spec, _FakeTok(40), _stories(rng), path=tmp_path / "n.png", n=12,
                                 grid_n=6, dpi=50)
     assert res["png"] and res["stats"]["z_T/all"]["n"] == 12
-
-
-def test_json_safe():
-    assert semantic.json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {"a": [1.0, None],
-                                                                                       "b": {"c": None}}
 
 
 def test_example_bad_checkpoint_one_line_exit_2(tmp_path):

@@ -82,7 +82,8 @@ def test_trajectory_telemetry_on_a_model(metric, rng):
     loss, stats, _ = riemann.loss_forward(p, ids, tg, cfg)
     assert tel["tel_ce"] == pytest.approx(stats["ce"]) and tel["tel_loss"] == pytest.approx(loss)
     assert tel["tel_pen_field"] == pytest.approx(stats["pen_field"])
-    _, out, _ = riemann.forward(p, ids, cfg)
+    _, cache = riemann.forward(p, ids, cfg)
+    out = riemann.outputs(cache)
     traj = out["traj"]
     assert tel["ode_steps"] == 3
     assert tel["displacement"] == pytest.approx(np.mean(np.linalg.norm(traj[-1] - traj[0], axis=1)))

@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from geolm.models import riemann
-from geolm.core.errors import ConfigError
+from geolm.models import riemann, riemann_field
+from geolm.core.errors import ConfigError, GeolmError
 from geolm.core.gradcheck import check_grads, check_grads_directional
 from geolm.ops.mlp import mlp_init_
 from geolm.core.params import ParamSpec
@@ -101,7 +101,7 @@ def test_field_backward_without_aux_cotangents(rng, strict_float):
 @pytest.mark.parametrize("block", [1, 2, 3])
 def test_field_blocks_gradcheck(metric, block, rng, strict_float, monkeypatch):
     """Several token blocks (the last one short): gradients still exact, weight grads summed over blocks."""
-    monkeypatch.setattr(riemann, "FIELD_BLOCK", block)
+    monkeypatch.setattr(riemann_field, "FIELD_BLOCK", block)
     cfg = _cfg(dim=4, heads=1, rank=2, metric=metric)
     p = _field_params(cfg, rng)
     z = rng.standard_normal((5, 4))
@@ -119,7 +119,7 @@ def test_field_blocks_match_one_block(dtype, rng, monkeypatch):
     daux = {"f2": rng.standard_normal(11).astype(dtype), "logdet": rng.standard_normal(11).astype(dtype)}
     out = []
     for block in (1000, 4):
-        monkeypatch.setattr(riemann, "FIELD_BLOCK", block)
+        monkeypatch.setattr(riemann_field, "FIELD_BLOCK", block)
         v, aux, cache = riemann.field_forward(z, p, cfg)
         v2, aux2 = riemann.field_forward_nocache(z, p, cfg)
         np.testing.assert_array_equal(v, v2)
@@ -207,7 +207,7 @@ def _model(cfg, rng, noise=0.3):
 
 
 CONTROLS = [dict(), dict(metric="identity"), dict(metric="dense"), dict(no_ode=True), dict(metric_penalty="batch_mean"),
-            dict(tie_head=False), dict(rank=4, ode_steps=1)]
+            dict(tie_head=False), dict(rank=4, ode_steps=1), dict(lambda_metric=0.0, lambda_field=0.0)]
 
 
 def _control_cfg(kw):
@@ -248,8 +248,8 @@ def test_stats_and_penalties(rng):
     spec, theta, (ids, tg) = _model(cfg, rng)
     p = spec.views(theta)
     loss, stats, _ = riemann.loss_forward(p, ids, tg, cfg)
-    logits, out, _ = riemann.forward(p, ids, cfg)
-    aux = out["aux"]
+    logits, cache = riemann.forward(p, ids, cfg)
+    aux = riemann.outputs(cache)["aux"]
     assert aux["f2"].shape == (cfg.ode_steps, 4, ids.size) and aux["logdet"].shape == aux["f2"].shape
     np.testing.assert_allclose(stats["pen_field"], 0.1 * aux["f2"].sum() / ids.size)
     np.testing.assert_allclose(stats["pen_metric"], 0.01 * np.mean(aux["logdet"] ** 2))
@@ -280,7 +280,8 @@ def test_zero_init_field_is_identity_flow(rng):
         U_last = p["field"]["U"]["fc2"]["w"]
         assert 0 < np.abs(U_last).max() < 0.02  # x0.01 Glorot: g ~ eps I
         ids = rng.integers(0, cfg.V, size=(3, 4))
-        logits, out, _ = riemann.forward(p, ids, cfg)
+        logits, cache = riemann.forward(p, ids, cfg)
+        out = riemann.outputs(cache)
         assert logits.dtype == dtype and out["zT"].dtype == dtype
         np.testing.assert_array_equal(out["zT"], out["z0"])
         for k in range(out["traj"].shape[0]):
@@ -302,7 +303,7 @@ def test_logits_last_matches_forward(rng):
     cfg = _control_cfg(dict(dim=8, heads=2, rank=3, seq_len=5))
     spec, theta, (ids, _) = _model(cfg, rng)
     p = spec.views(theta)
-    logits, _, _ = riemann.forward(p, ids, cfg)
+    logits, _ = riemann.forward(p, ids, cfg)
     last = riemann.logits_last(p, ids, cfg)
     np.testing.assert_allclose(last, logits.reshape(2, 5, -1)[:, -1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError):
@@ -317,7 +318,8 @@ def test_float32_stays_float32(kw, rng):
     ids = rng.integers(0, cfg.V, (2, 3))
     p = spec.views(theta)
     loss, stats, cache = riemann.loss_forward(p, ids, ids, cfg)
-    logits, out, _ = riemann.forward(p, ids, cfg)
+    logits, fcache = riemann.forward(p, ids, cfg)
+    out = riemann.outputs(fcache)
     assert logits.dtype == np.float32 and out["zT"].dtype == np.float32
     assert all(a.dtype == np.float32 for a in out["aux"].values())
     dp = riemann.loss_backward(cache)
@@ -329,20 +331,101 @@ def test_float32_stays_float32(kw, rng):
     assert np.isfinite(loss)
 
 
-def test_scratch_reuses_only_free_buffers(monkeypatch):
-    monkeypatch.setattr(riemann, "_SCRATCH", [])
-    a = riemann._scratch((3, 4), np.float32)
-    a[...] = 1.0
-    b = riemann._scratch((3, 4), np.float32)  # a is alive: a new buffer
-    assert not np.shares_memory(a, b)
-    view = a[1:]
-    del a
-    c = riemann._scratch((3, 4), np.float32)  # a's buffer is still viewed
-    assert not np.shares_memory(c, view)
-    del view, b
-    d = riemann._scratch((12,), np.float32)  # now free: reused, any shape of the same size
-    assert len(riemann._SCRATCH) == 3 and d.shape == (12,) and d.flags.c_contiguous
-    assert riemann._scratch((5,), np.float64).dtype == np.float64  # other size/dtype: a new buffer
-    monkeypatch.setattr(riemann, "SCRATCH_MAX_BYTES", 0)
-    riemann._scratch((7,), np.float32)
-    assert len(riemann._SCRATCH) == 4  # over the cap: allocated, not pooled
+# ------------------------------------------------------------------------------------------ penalties
+
+def test_zero_metric_weight_skips_the_logdet_backward(rng, strict_float, monkeypatch):
+    """lambda_metric = 0: no log-det cotangent reaches the metric backward (no K^-1), gradients still exact."""
+    cfg = _control_cfg(dict(lambda_metric=0.0))
+    spec, theta, batch = _model(cfg, rng)
+    _, cache = riemann.forward(spec.views(theta), batch[0], cfg)
+    pen_f, pen_m, daux = riemann.penalties(riemann.outputs(cache)["aux"], cfg)
+    assert pen_m == 0.0 and "logdet" not in daux and "f2" in daux
+    seen = []
+    solve_backward = riemann_field.metric_solve_backward
+
+    def spy(dv, dlogdet, cache, **kw):
+        seen.append(dlogdet)
+        return solve_backward(dv, dlogdet, cache, **kw)
+
+    monkeypatch.setattr(riemann_field, "metric_solve_backward", spy)
+    g = np.zeros_like(theta)
+    loss, stats = riemann.loss_and_grads(theta, g, batch, cfg, spec)
+    assert len(seen) == 4 * cfg.ode_steps and all(d is None for d in seen)
+    assert stats["pen_metric"] == 0.0 and np.isfinite(stats["train_logdet"])
+
+    def loss_fn(th):
+        return riemann.loss_and_grads(th, np.zeros_like(th), batch, cfg, spec)[0]
+
+    def grad_fn(th):
+        riemann.loss_and_grads(th, g, batch, cfg, spec)
+        return g.copy()
+
+    check_grads_directional(loss_fn, grad_fn, theta, rng=rng, n_dirs=3)
+
+
+@pytest.mark.parametrize("penalty", ["point", "batch_mean"])
+def test_penalties_of_an_empty_batch_are_zero(penalty, strict_float):
+    cfg = _control_cfg(dict(metric_penalty=penalty))
+    aux = {"f2": np.zeros((2, 4, 0)), "logdet": np.zeros((2, 4, 0))}
+    pen_f, pen_m, daux = riemann.penalties(aux, cfg)
+    assert (pen_f, pen_m, daux) == (0.0, 0.0, {})
+
+
+# ------------------------------------------------------------------------------------------ the workspace
+
+@pytest.mark.parametrize("kw", [dict(), dict(metric="identity"), dict(metric="dense"), dict(rank=7, dim=8)],
+                         ids=["lowrank", "identity", "dense", "rank>dim/2"])
+@pytest.mark.parametrize("block", [3, 512])
+def test_workspace_gives_the_same_bits(kw, block, rng, monkeypatch):
+    """float32 loss and gradients with a workspace (reused over steps) equal fresh allocations bit for bit."""
+    monkeypatch.setattr(riemann_field, "FIELD_BLOCK", block)
+    cfg = _control_cfg(dict(dict(dim=8, heads=2, rank=3, seq_len=5, eps=0.1), **kw))
+    spec, theta = riemann.init_params(cfg, rng)
+    theta += (0.1 * rng.standard_normal(theta.shape)).astype(np.float32)
+    ws = riemann.FieldWorkspace()
+    for step in range(3):
+        ids = rng.integers(0, cfg.V, (2, 5))
+        batch = (ids, np.roll(ids, -1, axis=1))
+        g0, g1 = np.zeros_like(theta), np.zeros_like(theta)
+        l0, s0 = riemann.loss_and_grads(theta, g0, batch, cfg, spec)
+        l1, s1 = riemann.loss_and_grads(theta, g1, batch, cfg, spec, workspace=ws)
+        assert l0 == l1 and s0 == s1
+        np.testing.assert_array_equal(g0, g1)
+        assert riemann.eval_nll(theta, batch, cfg, spec) == riemann.eval_nll(theta, batch, cfg, spec, workspace=ws)
+        if step == 0:
+            held = ws.nbytes
+        assert ws.nbytes == held  # steady state: nothing new is allocated
+        theta -= 0.01 * g0
+
+
+def test_workspace_slots_are_reused_and_checked(rng):
+    cfg = _cfg(dim=4, heads=1, rank=2)
+    p = _field_params(cfg, rng)
+    z = rng.standard_normal((5, 4))
+    ws = riemann.FieldWorkspace()
+    a = ws.take(("x",), (3, 4), np.float64)
+    b = ws.take(("x",), (2, 5), np.float64)  # same slot: the same memory, any shape that fits
+    assert np.shares_memory(a, b) and b.flags.c_contiguous
+    assert not np.shares_memory(b, ws.take(("y",), (2, 5), np.float64))
+    _, _, c0 = riemann.field_forward(z, p, cfg, workspace=ws, stage=0)
+    _, _, c1 = riemann.field_forward(z, p, cfg, workspace=ws, stage=1)  # another stage: its own slots
+    riemann.field_backward(z, None, c0)
+    _, _, c0b = riemann.field_forward(2.0 * z, p, cfg, workspace=ws, stage=0)  # stage 0 again: c0 is stale
+    with pytest.raises(GeolmError, match="outlived its workspace slot"):
+        riemann.field_backward(z, None, c0)
+    riemann.field_backward(z, None, c0b)
+    riemann.field_backward(z, None, c1)
+
+
+def test_workspace_gradcheck(rng, strict_float):
+    cfg = _control_cfg(dict())
+    spec, theta, batch = _model(cfg, rng)
+    ws = riemann.FieldWorkspace()
+    g = np.zeros_like(theta)
+
+    def grad_fn(th):
+        riemann.loss_and_grads(th, g, batch, cfg, spec, workspace=ws)
+        return g.copy()
+
+    check_grads_directional(lambda th: riemann.loss_and_grads(th, np.zeros_like(th), batch, cfg, spec,
+                                                              workspace=ws)[0], grad_fn, theta, rng=rng, n_dirs=3)
