@@ -113,12 +113,10 @@ def flops(sh, metric="lowrank"):
     return fw, per_step, sum(per_step.values())
 
 
-CPU = {}  # last _t call's median process CPU seconds (all threads; robust to time-slicing by other processes)
-
-
-def _t(fn, args, step=False):
-    """Median wall seconds of fn() via the harness (the warm-up call compiles any Numba kernel); the median
-    CPU seconds go to CPU["last"]. Default repeats: quick 2; full shapes 3 for the parts, 1 for the step."""
+def _tc(fn, args, step=False):
+    """(median wall seconds, median process CPU seconds over all threads) of fn() via the harness (the warm-up call
+    compiles any Numba kernel; CPU time is robust to time-slicing by other processes). Default repeats: quick 2;
+    full shapes 3 for the parts, 1 for the step."""
     rep = args.repeat or (2 if args.quick else (1 if step else 3))
     cpu = []
 
@@ -128,8 +126,12 @@ def _t(fn, args, step=False):
         cpu.append(time.process_time() - c)
 
     t = harness.measure(timed, warmup=1, repeat=rep)[0]
-    CPU["last"] = float(np.median(cpu[1:]))
-    return t
+    return t, float(np.median(cpu[1:]))
+
+
+def _t(fn, args, step=False):
+    """Median wall seconds of fn() (see _tc)."""
+    return _tc(fn, args, step)[0]
 
 
 def part_times(sh, cfg, spec, theta, batch, args):
@@ -144,7 +146,7 @@ def part_times(sh, cfg, spec, theta, batch, args):
     wall, cpu = {}, {}
 
     def tc(fn):
-        return np.array([_t(fn, args), CPU["last"]])
+        return np.array(_tc(fn, args))
 
     # encoder
     t_f = tc(lambda: encoder_forward(ids, p["enc"], cfg.heads))
@@ -307,8 +309,7 @@ def time_step(sh, peak, args):
     cfg, spec, theta, grad, adam, batch = make_problem(sh)
     print(f"parameters: {spec.size:,}")
     ws = riemann.FieldWorkspace()  # one per run, as training holds it
-    t_step = _t(lambda: train_step(theta, grad, adam, batch, cfg, spec, ws), args, step=True)
-    cpu_step = CPU["last"]
+    t_step, cpu_step = _tc(lambda: train_step(theta, grad, adam, batch, cfg, spec, ws), args, step=True)
     peak2 = harness.matmul_peak(np.float32)  # again right after the step: the machine is shared
     cpeak = core_peak()
     print(f"float32 matmul peak after the step: {peak2:.1f} GFLOP/s (using the larger); per core-second "

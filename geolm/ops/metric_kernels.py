@@ -198,12 +198,12 @@ def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, al
 
 # ----------------------------------------------------------------------------- drivers
 
-PARALLEL_FLOPS = 5e7  # work (flops) from which the prange kernels are used (about 1 ms on one core)
+PARALLEL_FLOPS = 5e7  # work (flops) from which the prange kernels are used
 
 
 def use_parallel(U):
-    """True when U [N,r,d] is worth a parallel region: a region's fixed cost (tens of microseconds on idle cores,
-    much more when the cores are oversubscribed) must be small against the work."""
+    """True when U [N,r,d] is worth a parallel region: a region has a fixed cost (which grows when the cores are
+    oversubscribed) that must be small against the work."""
     N, r, d = U.shape
     return N > 1 and N * (2 * r * r * d + r ** 3 + 8 * r * d) >= PARALLEL_FLOPS
 
