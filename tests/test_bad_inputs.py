@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geolm.training.checkpoint import save_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 RIEMANN = ROOT / "examples" / "train_riemann.py"
 GEOMETRIC = ROOT / "examples" / "train_geometric.py"
@@ -108,7 +110,6 @@ def test_catalogue_is_long_enough():
 
 def test_resume_with_other_model_family(files, tmp_path):
     """A geometric run's checkpoint handed to the Riemann trainer is refused by family."""
-    from geolm.training.checkpoint import save_checkpoint
     run = tmp_path / "geo"
     run.mkdir()
     save_checkpoint(run, 1, np.zeros(4, np.float32), {"family": "geometric:trigram", "cfg": {}, "spec": "[]"})

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from geolm.core.errors import ConfigError
 from geolm.training.checkpoint import load_checkpoint, save_snapshot
-from geolm.apps.geometric_run import ALL_MODELS, GeoRunConfig, _epochs_from_history, model_list
+from geolm.apps.geometric_run import (ALL_MODELS, GeoRunConfig, _balanced_bins, _cost, _epochs_from_history,
+                                      model_list)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_geometric.py"
 
@@ -221,7 +221,6 @@ def test_two_mpi_ranks_match_one_process(tinystories, tmp_path):
 
 
 def test_balanced_bins_split_costs_evenly():
-    from geolm.apps.geometric_run import _balanced_bins, _cost
     need = ["trigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "geo_attention", "geo_shuffled"]
     names = need + ["geo_abs_kappa", "hybrid_kappa"]
     bins = _balanced_bins(need, 2, names)

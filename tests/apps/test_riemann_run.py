@@ -1,7 +1,9 @@
 """End-to-end: examples/train_riemann.py on tiny settings (subprocess), its outputs, and its one-line errors."""
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +106,6 @@ def test_split_chunk_masks_pad():
 
 @pytest.mark.slow
 def test_sigint_checkpoints_and_resume_continues(tmp_path):
-    import signal
-    import time
     out = tmp_path / "run"
     args = TINY + ODE + ["--output", str(out), "--steps", "100000", "--eval-every", "0", "--log-every", "1"]
     args[args.index("--gen-tokens") + 1] = "0"

@@ -6,15 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from geolm.training import distributed
 from geolm.training.distributed import SerialComm, configure_threads, get_comm, root_only, shard, thread_limit
 from geolm.core.errors import ConfigError
+from geolm.training.train import fit
 
 HERE = Path(__file__).resolve().parents[1]  # tests/: the shared helpers
 sys.path.insert(0, str(HERE))
+from mpi_fit_check import SCENARIOS, tcfg_for  # noqa: E402
+from toy_task import make_toy_task  # noqa: E402
 
 
 def test_shard_is_disjoint_contiguous_and_covers():
@@ -64,9 +69,6 @@ def test_root_only_returns_and_reraises():
 
 
 def test_configure_threads_sets_blas_and_numba():
-    from threadpoolctl import threadpool_info
-    import numba
-
     old = numba.get_num_threads()
     try:
         assert configure_threads(1, SerialComm()) == 1
@@ -103,10 +105,6 @@ def mpi_suite(tmp_path_factory):
 
 
 def _reference(tmp_path, name):
-    from mpi_fit_check import SCENARIOS, tcfg_for
-    from toy_task import make_toy_task
-    from geolm.training.train import fit
-
     task_kw, t_kw, _ = SCENARIOS[name]
     task_kw = {k: v for k, v in task_kw.items() if k != "ranks"}  # one process: inject on the only rank
     task, theta = make_toy_task(**task_kw)

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from geolm.training.optim import adam_init, adam_step, clip_grad_norm, global_norm, lr_at
+from geolm.training.optim import (_kernel, adam_init, adam_step, adam_step_ref, clip_grad_norm, global_norm,
+                                  global_norm_ref, lr_at)
 
 
 def _adam_by_hand(theta, grads, lr, b1, b2, eps, wd):
@@ -109,7 +110,6 @@ def test_lr_constant_and_unknown():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("wd,scale", [(0.0, 1.0), (0.01, 0.37)])
 def test_fused_adam_matches_numpy_reference(rng, dtype, wd, scale):
-    from geolm.training.optim import adam_step_ref
     theta0 = rng.standard_normal(1001).astype(dtype)
     a, b = theta0.copy(), theta0.copy()
     sa, sb = adam_init(a), adam_init(b)
@@ -125,9 +125,7 @@ def test_fused_adam_matches_numpy_reference(rng, dtype, wd, scale):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_global_norm_kernel_matches_reference(rng, dtype):
-    from geolm.training.optim import global_norm_ref
     g = (rng.standard_normal(12345) * 1e3).astype(dtype)
-    from geolm.training.optim import _kernel
     assert math.sqrt(_kernel("_sumsq_nb")(g)) == pytest.approx(global_norm_ref(g), rel=1e-10)
     assert global_norm(g) == pytest.approx(global_norm_ref(g), rel=1e-10)
     assert global_norm(np.zeros(3, dtype)) == 0.0
