@@ -8,8 +8,8 @@ Contenders (all compute v = g^-1 f, log det g and, backward, dU, df with a log-d
   numba  geolm.ops.metric public pair (per-token BLAS U U^T and K^-1 U, LAPACK Cholesky, prange over tokens)
   ref    geolm.ops.metric.metric_solve_ref (vectorised NumPy: stacked matmul, np.linalg.cholesky, np.linalg.inv)
   dense  geolm.ops.metric's dense tier: forms g [N,d,d]; np.linalg.solve + slogdet forward; backward through
-         np.linalg.inv(g) (what the original's CPU fallback did). Too big at full N (3.6 GB per g in float32), so it is timed on
-         --dense-tokens tokens and scaled linearly to N; the table says so.
+         np.linalg.inv(g) (what the original's CPU fallback did). Too big at full N (3.6 GB per g in float32), so
+         it is timed on --dense-tokens tokens and scaled linearly to N; the table says so.
 Every contender is validated before timing: numba and ref against float64 dense on a token subset, numba
 against ref on all N tokens, float32 dense against float64 dense.
 

@@ -262,8 +262,8 @@ def test_float64_work_numba_matches_ref(rng, monkeypatch, N, r, d, chunk_bytes):
                                      (384, 384)])
 def test_float32_accuracy_sweep_small_eps_large_alpha(backend, alpha, eps, d, rank):
     """Norm-wise relative errors of v, logdet, dU, df against the float64 dense oracle, U ~ N(0, 1/d), are at
-    most those of a float32 dense solve (where that one factors) and below 1e-4 for every rank up to d (float32 Woodbury with r close to
-    d cancels catastrophically in (f - alpha U^T s)/eps: errors of percent size)."""
+    most those of a float32 dense solve (where that one factors) and below 1e-4 for every rank up to d (float32
+    Woodbury with r close to d cancels catastrophically in (f - alpha U^T s)/eps: errors of percent size)."""
     rng = np.random.default_rng(d + rank)
     N = 12 if d < 384 else 3
     U = (rng.standard_normal((N, rank, d)) / math.sqrt(d)).astype(np.float32)
