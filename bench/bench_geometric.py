@@ -23,6 +23,7 @@ import argparse
 import os
 import queue
 import sys
+import tempfile
 import time
 
 import geolm  # noqa: F401  (first: sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS)
@@ -32,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 from geolm.models import geometric as G
-from geolm.apps.geometric_run import EVAL_BATCH  # noqa: E402
+from geolm.apps.geometric_config import EVAL_BATCH, GeoRunConfig  # noqa: E402
+from geolm.apps.geometric_report import table  # noqa: E402
+from geolm.apps.geometric_run import run  # noqa: E402
 from geolm.ops.losses import xent_backward, xent_forward  # noqa: E402
 from geolm.ops.mlp import mlp_backward, mlp_forward  # noqa: E402
 from geolm.training.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
@@ -284,10 +287,6 @@ def main(argv=None):
         rows += run_pairs(pairs, sh, seconds, repeats)
 
     if args.table:
-        import tempfile
-
-        from geolm.apps.geometric_run import GeoRunConfig, run, table
-
         out = tempfile.mkdtemp(prefix="bench_geometric_table_")
         cfg = GeoRunConfig(data=args.data or GeoRunConfig.data, output=out, models=args.table_models,
                            epochs=sh["epochs"] if not args.quick else 1,

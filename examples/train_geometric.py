@@ -11,7 +11,9 @@ import sys
 
 from geolm.core.config import ArgParser, add_args, from_args
 from geolm.core.errors import cli_main
-from geolm.apps.geometric_run import GeoRunConfig, run, table
+from geolm.apps.geometric_config import GeoRunConfig
+from geolm.apps.geometric_report import table
+from geolm.apps.geometric_run import run
 from geolm.training.distributed import get_comm
 
 

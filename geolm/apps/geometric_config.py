@@ -1,0 +1,69 @@
+"""The geometric-LM table's settings: GeoRunConfig (every flag of examples/train_geometric.py) and the model list.
+
+Model names: the trained geometric models (geolm.models.geometric.MODELS), the count bigram, and the kappa variants
+(KAPPA: inference-time angle/kappa weighting over a trained base model, scored with published and fitted
+coefficients as NAME and NAME_fit).
+"""
+from dataclasses import dataclass
+
+from ..core.config import opt, positive, require
+from ..core.errors import ConfigError
+from ..models import geometric as G
+
+TRAINED = tuple(G.MODELS)
+KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
+ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
+              "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
+              "geo_successor_shuffled")
+EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay in cache for the exp pass
+
+
+@dataclass(frozen=True)
+class GeoRunConfig:
+    data: str = opt("roneneldan/TinyStories", "hub dataset name, local training file/directory, or 'builtin'")
+    val_data: str = opt(None, "local validation file (default: the sibling valid* file or the hub split)")
+    vocab_size: int = opt(4096, "BPE vocabulary size (model vocabulary = tokens seen >= --min-count times, capped)")
+    min_count: int = opt(5, "keep tokens seen at least this often; the rest are UNK")
+    dim: int = opt(64, "MLP hidden width and attention width")
+    epochs: int = opt(5, "training epochs per model")
+    lr: float = opt(1e-4, "Adam learning rate (constant)")
+    batch_size: int = opt(128, "examples per Adam step (global under MPI)")
+    clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
+    max_train_stories: int = opt(2000, "first N training stories")
+    max_val_stories: int = opt(1000, "first N validation stories")
+    kappa_holdout: int = opt(1000, "held-out training stories (after the first N) used to fit the kappa coefficients")
+    context: int = opt(8, "context tokens per prediction")
+    k: int = opt(4, "graph neighbours per token")
+    coord_dim: int = opt(3, "sphere dimension of the symmetric PPMI coordinates")
+    window: int = opt(5, "co-occurrence window (tokens after each token, within a story)")
+    ppmi_smoothing: float = opt(0.0, "context-distribution smoothing alpha for PPMI (0 = none, e.g. 0.75)")
+    successor_dim: int = opt(32, "dimension of the successor (directed PPMI) coordinates")
+    successor_context: int = opt(2, "last n context tokens whose successor coordinates geo_successor reads")
+    models: str = opt("all", "comma-separated models (default all): " + ",".join(ALL_MODELS))
+    seed: int = opt(0, "seed of initialisation, batch order and permutation controls")
+    output: str = opt("runs/geometric", "output directory (results.json, curves.png, checkpoints, tokenizer)")
+    threads: int = opt(0, "BLAS/Numba threads (0 = cores / MPI ranks on this node)")
+    jobs: int = opt(0, "models trained in parallel processes, 1 thread each (0 = min(cores, 2); 1 = sequential)")
+    resume: bool = opt(False, "continue each model from its newest checkpoint in --output")
+    builtin_fallback: bool = opt(True, "use the built-in story generator when the hub cannot be reached "
+                                       "(--no-builtin-fallback makes that an error)")
+
+    def __post_init__(self):
+        positive(self, "vocab_size", "min_count", "dim", "epochs", "lr", "batch_size", "max_train_stories",
+                 "max_val_stories", "context", "k", "coord_dim", "window", "successor_dim", "successor_context")
+        require(self.context >= 2, "context", f"needs at least 2 tokens (two ids for trigram), got {self.context}")
+        require(self.successor_context <= self.context, "successor_context",
+                f"must be <= --context {self.context}, got {self.successor_context}")
+        require(0.0 <= self.ppmi_smoothing <= 1.0, "ppmi_smoothing", f"must be in [0, 1], got {self.ppmi_smoothing}")
+        require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0 and self.jobs >= 0, "kappa_holdout",
+                "--kappa-holdout, --clip, --threads and --jobs must be >= 0")
+        model_list(self.models)
+
+
+def model_list(models):
+    """Parse --models: 'all' or a comma list of names from ALL_MODELS (order kept, duplicates dropped)."""
+    names = list(ALL_MODELS) if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in names if m not in ALL_MODELS]
+    if bad or not names:
+        raise ConfigError(f"--models: unknown model {', '.join(bad) or '(empty)'}; valid: all or {','.join(ALL_MODELS)}")
+    return list(dict.fromkeys(names))
