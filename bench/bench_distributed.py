@@ -88,9 +88,10 @@ def riemann_model(sh):
     for m in ("f", "U"):  # a trained-looking field, not the zero-initialised identity flow
         p["field"][m]["fc2"]["w"][...] = rng.normal(0.0, 0.02, size=p["field"][m]["fc2"]["w"].shape)
     ids = rng.integers(0, cfg.V, size=(sh["batch"], sh["seq"] + 1)).astype(np.int32)
+    ws = riemann.FieldWorkspace()
 
     def lg(th, grad, idx):
-        loss, stats = riemann.loss_and_grads(th, grad, (ids[idx, :-1], ids[idx, 1:]), cfg, spec)
+        loss, stats = riemann.loss_and_grads(th, grad, (ids[idx, :-1], ids[idx, 1:]), cfg, spec, workspace=ws)
         return loss, int(stats.get("n", len(idx) * sh["seq"]))
     return spec.size, theta, lg, sh["batch"]
 

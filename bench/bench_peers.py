@@ -12,7 +12,7 @@ The torch steps (torch is imported only here, never by geolm/ or tests/):
              torch.linalg.cholesky + cholesky_solve, v = (f - alpha U^T K^-1 U f) / eps, log det g =
              (d - r) log eps + 2 sum log diag chol(K); classical RK4 (weights 1/6, 1/3, 1/3, 1/6), S steps on [0, 1];
              penalties as riemann.penalties; final LayerNorm + tied head; cross-entropy (ignore -1);
-             global-norm clip; fused AdamW with riemann_run's lr, betas, eps and decoupled weight decay.
+             global-norm clip; fused AdamW with the Riemann TRAIN_DEFAULTS' lr, betas, eps and weight decay.
              Plain autograd: every stage's activations stay alive until backward (geolm's adjoint recomputes them).
   geometric  frozen coordinate features X[ctx] + one-hot id rows of fc1 (row gathers), ReLU, fc2, mean
              cross-entropy, clip 1, Adam as bench_geometric.lean_step (lr 1e-4, betas (0.9, 0.999), eps 1e-8;
@@ -57,7 +57,7 @@ import bench_geometric as bg  # noqa: E402
 import bench_train_step as ts  # noqa: E402
 import harness  # noqa: E402
 
-from geolm.apps.riemann_run import TRAIN_DEFAULTS  # noqa: E402
+from geolm.apps.riemann_settings import TRAIN_DEFAULTS  # noqa: E402
 from geolm.training.distributed import configure_threads  # noqa: E402
 from geolm.training.optim import adam_init, adam_step, clip_scale, global_norm  # noqa: E402
 from geolm.models import riemann  # noqa: E402
@@ -72,7 +72,8 @@ RIEMANN_VALID = dict(batch=2, seq=12, dim=16, rank=4, hidden=8, field_hidden=24,
                      vocab=50)
 GEO, GEO_QUICK = dict(bg.FULL), dict(bg.QUICK)
 GEO_VALID = dict(bg.QUICK, V=80, B=24, H=12)
-# riemann_run's AdamW at its peak learning rate (adam_eps: TrainConfig's default, which is adam_step's)
+# the Riemann pipeline's AdamW (TRAIN_DEFAULTS) at its peak learning rate (adam_eps: TrainConfig's default,
+# which is adam_step's)
 OPT_RIEMANN = dict(lr=TRAIN_DEFAULTS["lr"], b1=TRAIN_DEFAULTS["b1"], b2=TRAIN_DEFAULTS["b2"],
                    eps=inspect.signature(adam_step).parameters["eps"].default, wd=TRAIN_DEFAULTS["weight_decay"],
                    clip=TRAIN_DEFAULTS["clip"])
@@ -98,10 +99,10 @@ def load_torch():
 def geolm_riemann_step(cfg, spec, theta, batch, o):
     """What geolm.training.train.fit does per step: loss_and_grads, global norm, fused clip + AdamW (theta in
     place). -> (step() -> loss, grad buffer)."""
-    grad, adam = np.zeros_like(theta), adam_init(theta)
+    grad, adam, ws = np.zeros_like(theta), adam_init(theta), riemann.FieldWorkspace()
 
     def step():
-        loss, _ = riemann.loss_and_grads(theta, grad, batch, cfg, spec)
+        loss, _ = riemann.loss_and_grads(theta, grad, batch, cfg, spec, workspace=ws)
         norm = global_norm(grad)
         adam_step(theta, grad, adam, o["lr"], o["b1"], o["b2"], o["eps"], o["wd"],
                   grad_scale=clip_scale(norm, o["clip"]))

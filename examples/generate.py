@@ -3,7 +3,7 @@
     python examples/generate.py --checkpoint runs/riemann --prompt "Once upon a time" --temperature 0.8 --top-k 40
 """
 from geolm.apps.generate import generate_text  # geolm first: it sets OPENBLAS_THREAD_TIMEOUT before NumPy loads
-from geolm.apps.riemann_run import load_model
+from geolm.apps.riemann_load import load_model
 from geolm.core.config import ArgParser
 from geolm.core.errors import cli_main
 from geolm.models import riemann

@@ -12,7 +12,7 @@ from geolm.core.config import ArgParser
 from geolm.core.errors import CheckpointError, ConfigError, cli_main
 from geolm.core.io import write_json
 from geolm.apps import semantic
-from geolm.apps.riemann_run import load_model
+from geolm.apps.riemann_load import load_model
 
 
 def _parser():

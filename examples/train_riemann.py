@@ -8,19 +8,61 @@
 Token + position embeddings -> causal pre-LN Transformer -> z0 per position -> dz/dt = g(z)^-1 f(z), RK4 on
 [0, 1] with the discrete adjoint -> LayerNorm -> tied head -> cross-entropy (+ field and log-det penalties).
 Writes DIR/metrics.jsonl, summary.json, curves.png, telemetry.png, semantic_map.png, story.txt and checkpoints.
-All the work happens in geolm.apps.riemann_run; run with --help for every flag.
+Every flag not given keeps its default or, with --resume, the run's own value. All the work happens in
+geolm.apps.riemann_run; run with --help for every flag.
 """
+import argparse
+import dataclasses
 import sys
 
-from geolm.core.errors import cli_main
-from geolm.apps.riemann_run import parse, run
+from geolm.core.config import ArgParser, add_args
+from geolm.core.errors import ConfigError, cli_main
+from geolm.apps.riemann_run import run
+from geolm.apps.riemann_settings import SECTIONS, TRAIN_DEFAULTS, resolve_configs
+from geolm.models.riemann_config import ODE_FIELDS
+
+_UNSET = object()
+
+
+def build_parser(prog="train_riemann.py"):
+    p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).",
+                  allow_abbrev=False)
+    g = p.add_argument_group("model")
+    add_args(g, SECTIONS["model"], skip=("metric", "no_ode"))
+    g.add_argument("--metric", default="lowrank", choices=("lowrank", "identity"),
+                   help="lowrank metric g = eps I + alpha U^T U, or the g = I control (default: lowrank)")
+    # store_true by hand: BooleanOptionalAction would read "--no-ode" as the negation of "--ode"
+    g.add_argument("--no-ode", action="store_true", help="skip the ODE (z_T = z0): the plain-Transformer control")
+    add_args(p.add_argument_group("training"), SECTIONS["train"])
+    add_args(p.add_argument_group("run"), SECTIONS["run"])
+    p.set_defaults(**TRAIN_DEFAULTS)
+    return p
+
+
+def explicit_flags(parser, argv):
+    """{field name: value} of the settings given on the command line (argparse fills only the names it sees into
+    a namespace whose attributes already exist)."""
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**{n: _UNSET for n in names}))
+    return {n: getattr(ns, n) for n in names if getattr(ns, n) is not _UNSET}
+
+
+def parse(argv, prog="train_riemann.py"):
+    """Command line -> (RiemannConfig, TrainConfig, RunConfig); --no-ode with an ODE/metric flag is a ConfigError."""
+    given = explicit_flags(build_parser(prog), argv)
+    if given.get("no_ode"):
+        clash = sorted(set(given) & set(ODE_FIELDS))
+        if clash:
+            flags = " ".join("--" + c.replace("_", "-") for c in clash)
+            raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
+                              f"drop --no-ode or those flags")
+    return resolve_configs(given, resume=given.get("resume"))
 
 
 @cli_main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    summary = run(parse(argv))  # TrainingInterrupted (Ctrl-C / SIGTERM) exits 130 / 143 after a checkpoint
-    s = summary
+    s = run(*parse(argv))  # TrainingInterrupted (Ctrl-C / SIGTERM) exits 130 / 143 after a checkpoint
     print(f"validation perplexity {s['val_ppl']:.2f} on {s['val_tokens']} tokens after {s['steps']} steps "
           f"({s['s_per_step'] or float('nan'):.2f} s/step; {s['wall_s_per_step']:.2f} with evaluations)")
     print(f"data: {s['data']}")

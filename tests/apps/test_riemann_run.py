@@ -1,4 +1,5 @@
 """End-to-end: examples/train_riemann.py on tiny settings (subprocess), its outputs, and its one-line errors."""
+import importlib.util
 import json
 import signal
 import subprocess
@@ -10,11 +11,21 @@ import numpy as np
 import pytest
 
 from geolm.apps import riemann_run
+from geolm.apps.riemann_settings import RunConfig
 from geolm.core.errors import ConfigError, NumericalError
 from geolm.models import riemann
+from geolm.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_riemann.py"
+
+
+def load_example():
+    """examples/train_riemann.py as a module (its parser and parse)."""
+    spec = importlib.util.spec_from_file_location("train_riemann_example", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 TINY = ["--data", "builtin", "--max-train", "120", "--max-val", "20", "--dim", "16", "--layers", "1", "--heads", "2",
         "--seq-len", "16", "--vocab-size", "300", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
         "--warmup", "2", "--val-batches", "2", "--gen-tokens", "8", "--map-points", "0", "--threads", "1"]
@@ -88,20 +99,32 @@ def test_output_is_a_file(tmp_path):
 
 
 def test_parse_explicit_flags():
-    assert riemann_run.explicit_flags(["--rank=3", "--no-ode", "x", "--lambda-metric", "1"]) == \
-        {"rank", "no_ode", "lambda_metric"}
+    ex = load_example()
+    given = ex.explicit_flags(ex.build_parser(), ["--rank=3", "--no-ode", "--lambda-metric", "1", "--no-tie-head"])
+    assert given == {"rank": 3, "no_ode": True, "lambda_metric": 1.0, "tie_head": False}
     with pytest.raises(ConfigError):
-        riemann_run.parse(["--no-ode", "--lambda-field=0.1"])
-    a = riemann_run.parse(["--no-ode"])
-    cfg, tcfg, rc = riemann_run.configs(a)
+        ex.parse(["--no-ode", "--lambda-field=0.1"])
+    cfg, tcfg, rc = ex.parse(["--no-ode"])
     assert cfg.no_ode and tcfg.lr == 1e-3 and tcfg.b2 == 0.95 and rc.output == "runs/riemann"
 
 
-def test_split_chunk_masks_pad():
-    ch = np.array([[1, 2, 3, 9], [4, 5, 9, 9]], np.int32)
-    ids, tg = riemann_run.split_chunk(ch, pad_id=9)
-    np.testing.assert_array_equal(ids, [[1, 2, 3], [4, 5, 9]])
-    np.testing.assert_array_equal(tg, [[2, 3, -1], [5, -1, -1]])
+def test_task_holds_one_workspace_for_training_and_evaluation():
+    cfg = riemann.RiemannConfig(vocab_size=20, n_vocab=20, dim=8, layers=1, heads=2, seq_len=6, rank=2, hidden=4,
+                                field_hidden=8, ode_steps=1)
+    spec, theta = riemann.init_params(cfg, np.random.default_rng(0))
+    chunks = np.random.default_rng(1).integers(0, 20, size=(6, 7)).astype(np.int32)
+    tok = type("Tok", (), {"pad_id": 20, "hash": "h"})()
+    data = dict(train_chunks=chunks, val_chunks=chunks, tok=tok)
+    task = riemann_run.make_task(cfg, spec, data, TrainConfig(batch_size=2), RunConfig(val_batches=1))
+    ws = task.loss_and_grads.keywords["workspace"]
+    assert isinstance(ws, riemann.FieldWorkspace) and task.eval_nll.keywords["workspace"] is ws
+    grad = np.zeros_like(theta)
+    task.loss_and_grads(theta, grad, task.make_batch(np.arange(2)))
+    held = ws.nbytes
+    assert held > 0
+    task.loss_and_grads(theta, grad, task.make_batch(np.arange(2, 4)))
+    task.eval_nll(theta, next(task.val_batches()))
+    assert ws.nbytes == held  # the same buffers again, none added
 
 
 @pytest.mark.slow
@@ -153,7 +176,8 @@ def test_numerical_errors_reach_metrics_with_their_reason(tmp_path, monkeypatch)
     monkeypatch.setattr(riemann, "loss_and_grads", loss_and_grads)
     monkeypatch.setattr(riemann, "eval_nll", eval_nll)
     out = tmp_path / "run"
-    s = riemann_run.run(riemann_run.parse(TINY + ODE + ["--output", str(out), "--gen-tokens", "0"]), progress=False)
+    s = riemann_run.run(*load_example().parse(TINY + ODE + ["--output", str(out), "--gen-tokens", "0"]),
+                        progress=False)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     (skip,) = [r for r in recs if r["kind"] == "skip"]
     assert skip["step"] == 2 and "not positive definite (test)" in skip["reason"]
