@@ -4,12 +4,14 @@
     python examples/train_riemann.py --metric identity ...      # g = I control (Euclidean neural ODE)
     python examples/train_riemann.py --no-ode ...               # plain-Transformer control
     python examples/train_riemann.py --resume runs/riemann      # continue exactly from the newest checkpoint
+    python examples/train_riemann.py --config examples/configs/riemann_third.toml --data ... --output runs/third
+    python examples/train_riemann.py --resume runs/third --rank 21 --steps 1200   # grow the metric rank, continue
 
 Token + position embeddings -> causal pre-LN Transformer -> z0 per position -> dz/dt = g(z)^-1 f(z), RK4 on
 [0, 1] with the discrete adjoint -> LayerNorm -> tied head -> cross-entropy (+ field and log-det penalties).
 Writes DIR/metrics.jsonl, summary.json, curves.png, telemetry.png, semantic_map.png, story.txt and checkpoints.
-Every flag not given keeps its default or, with --resume, the run's own value. All the work happens in
-geolm.apps.riemann_run; run with --help for every flag.
+A setting not given as a flag comes from --config FILE, else (with --resume) from the run, else its default
+(geolm.apps.riemann_settings). All the work happens in geolm.apps.riemann_run; run with --help for every flag.
 """
 import argparse
 import dataclasses
@@ -27,6 +29,8 @@ _UNSET = object()
 def build_parser(prog="train_riemann.py"):
     p = ArgParser(prog=prog, description="Train the Riemannian neural-ODE language model (spec section 1).",
                   allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings in sections [model], [train], "
+                   "[run] (keys = flag names with _); flags given here override it (see examples/configs/)")
     g = p.add_argument_group("model")
     add_args(g, SECTIONS["model"], skip=("metric", "no_ode"))
     g.add_argument("--metric", default="lowrank", choices=("lowrank", "identity"),
@@ -40,29 +44,32 @@ def build_parser(prog="train_riemann.py"):
 
 
 def explicit_flags(parser, argv):
-    """{field name: value} of the settings given on the command line (argparse fills only the names it sees into
-    a namespace whose attributes already exist)."""
-    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    """{name: value} of the settings (and "config") given on the command line (argparse fills only the names it
+    sees into a namespace whose attributes already exist)."""
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)] + ["config"]
     ns = parser.parse_args(argv, namespace=argparse.Namespace(**{n: _UNSET for n in names}))
     return {n: getattr(ns, n) for n in names if getattr(ns, n) is not _UNSET}
 
 
 def parse(argv, prog="train_riemann.py"):
-    """Command line -> (RiemannConfig, TrainConfig, RunConfig); --no-ode with an ODE/metric flag is a ConfigError."""
+    """Command line -> (RiemannConfig, TrainConfig, RunConfig, config file or None); --no-ode with an ODE/metric
+    flag is a ConfigError."""
     given = explicit_flags(build_parser(prog), argv)
+    config_file = given.pop("config", None)
     if given.get("no_ode"):
         clash = sorted(set(given) & set(ODE_FIELDS))
         if clash:
             flags = " ".join("--" + c.replace("_", "-") for c in clash)
             raise ConfigError(f"--no-ode contradicts {flags}: the plain Transformer has no ODE or metric; "
                               f"drop --no-ode or those flags")
-    return resolve_configs(given, resume=given.get("resume"))
+    return resolve_configs(given, config_file=config_file, resume=given.get("resume")) + (config_file,)
 
 
 @cli_main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    s = run(*parse(argv))  # TrainingInterrupted (Ctrl-C / SIGTERM) exits 130 / 143 after a checkpoint
+    cfg, tcfg, rc, config_file = parse(argv)
+    s = run(cfg, tcfg, rc, config_file=config_file)  # Ctrl-C / SIGTERM: exit 130 / 143 after a checkpoint
     print(f"validation perplexity {s['val_ppl']:.2f} on {s['val_tokens']} tokens after {s['steps']} steps "
           f"({s['s_per_step'] or float('nan'):.2f} s/step; {s['wall_s_per_step']:.2f} with evaluations)")
     print(f"data: {s['data']}")

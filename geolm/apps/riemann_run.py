@@ -5,8 +5,8 @@ geolm.training.train.fit (AdamW, clipping, checkpoints, exact resume, non-finite
 (geolm.apps.telemetry) on a fixed validation batch at every evaluation -> full-validation perplexity, summary.json,
 curves.png, telemetry.png, semantic_map.png, a generated story (story.txt).
 
-    cfg, tcfg, rc = resolve_configs({"dim": 64}, config_file=None)     # geolm.apps.riemann_settings
-    summary = run(cfg, tcfg, rc)          # -> dict (also written to DIR/summary.json)
+    cfg, tcfg, rc = resolve_configs({"dim": 64}, config_file=path)     # geolm.apps.riemann_settings
+    summary = run(cfg, tcfg, rc, config_file=path)    # -> dict (also written to DIR/summary.json)
     summary = run(*resume_configs("runs/r", {"steps": 800}))           # continue a run
 """
 import dataclasses
@@ -125,7 +125,7 @@ def _extra_state(rc, data, out_dir):
     return dict(rec, tokenizer_dir=str(out_dir), source=data["corpus"].source)
 
 
-def _summary(res, full, cfg, tcfg, rc, spec, data, products):
+def _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file):
     hist = res["history"]
     last_eval = next((r for r in reversed(hist) if r.get("kind") == "eval"), {})
     train_recs = [r for r in hist if r.get("kind") == "train"]
@@ -138,14 +138,16 @@ def _summary(res, full, cfg, tcfg, rc, spec, data, products):
         s_per_step=float(np.median(ms)) if ms else None, wall_s_per_step=res["seconds"] / max(res["steps_done"], 1),
         tokens_per_s=(train_recs[-1].get("tokens_per_s") if train_recs else None),
         params=spec.size, vocab=data["tok"].V, tokenizer=data["tok"].hash, cfg=dataclasses.asdict(cfg),
-        tcfg=dataclasses.asdict(tcfg), run=dataclasses.asdict(rc), checkpoint=res["checkpoint"],
+        tcfg=dataclasses.asdict(tcfg), run=dataclasses.asdict(rc),
+        config_file=config_file and str(Path(config_file).resolve()), checkpoint=res["checkpoint"],
         telemetry={k: v for k, v in last_eval.items() if k not in ("kind",)}, **products)
 
 
-def run(cfg, tcfg, rc, *, progress=True, should_stop=None):
+def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     """Train; write DIR/{metrics.jsonl, summary.json, curves.png, telemetry.png, semantic_map.png, story.txt,
     ckpt_*.npz} (DIR = rc.resume or rc.output); return the summary dict. rc.resume continues that run (take cfg
-    and tcfg from geolm.apps.riemann_settings.resume_configs). should_stop() -> bool is checked after every step
+    and tcfg from geolm.apps.riemann_settings.resume_configs). summary.json records the three configs and
+    config_file (the file they were resolved from, if any). should_stop() -> bool is checked after every step
     (true: checkpoint and raise TrainingInterrupted, as on SIGTERM)."""
     if rc.resume and rc.output != RunConfig.output and Path(rc.output) != Path(rc.resume):
         raise ConfigError(f"--resume {rc.resume} and --output {rc.output} differ; pass only --resume DIR")
@@ -184,7 +186,7 @@ def run(cfg, tcfg, rc, *, progress=True, should_stop=None):
     if products["story"] is not None:
         atomic_write(out_dir / "story.txt", products["story"] + "\n")
         say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{products['story']}")
-    summary = _summary(res, full, cfg, tcfg, rc, spec, data, products)
+    summary = _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file)
     write_json(out_dir / "summary.json", summary, indent=2)
     say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
     return summary
