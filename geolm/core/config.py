@@ -1,8 +1,11 @@
 """Frozen dataclass configs and their command-line flags, derived by one function.
 
-A config field carries its help in metadata: `opt(default, "help text", choices=...)`.
+A config field carries its help in metadata: `opt(default, "help text", choices=..., aliases=(...))`.
 `add_args(parser, Cfg)` makes `--field-name` flags; `from_args(Cfg, ns)` builds the validated config.
 Configs validate in __post_init__ and raise ConfigError naming the flag and the fix.
+Aliases are other names of a field (a synonym, or an old spelling kept for old command lines and files): each is a
+hidden flag (`--alias`, not in --help) with the field's dest, and a key that from_dict / canonical_keys accept; the
+field's help text names them.
 """
 import argparse
 import dataclasses
@@ -15,8 +18,24 @@ from pathlib import Path
 from .errors import ConfigError
 
 
-def opt(default, help, choices=None, flag=True):
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+def opt(default, help, choices=None, flag=True, aliases=()):
+    """A config field: its default, --help text, choices, flag=False for no command-line flag, and aliases (other
+    accepted names, e.g. "max_train" for max_train_stories)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
+                                                        "aliases": tuple(aliases)})
+
+
+def aliases_of(cls):
+    """{alias: field name} of a config dataclass."""
+    return {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
+
+
+def canonical_keys(cls, d):
+    """The dict d with alias keys renamed to their field names (a key given under both names: the field's wins)."""
+    amap = aliases_of(cls)
+    out = {amap[k]: v for k, v in d.items() if k in amap}
+    out.update({k: v for k, v in d.items() if k not in amap})
+    return out
 
 
 def flag_name(name):
@@ -42,14 +61,19 @@ def add_args(parser, cls, skip=()):
             continue
         t = _type_of(f, cls)
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help text
+        hidden = dict(dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if t is bool:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_)
+            for a in f.metadata.get("aliases", ()):
+                parser.add_argument(flag_name(a), action=argparse.BooleanOptionalAction, **hidden)
             continue
         if typing.get_origin(t) is typing.Union:  # Optional[X]
             t = [a for a in typing.get_args(t) if a is not type(None)][0]
-        parser.add_argument(flag_name(f.name), type=t, default=f.default, help=f"{help_} (default: %(default)s)",
-                            choices=f.metadata.get("choices"), metavar=f.name.upper() if t is not str else None)
+        kw = dict(type=t, choices=f.metadata.get("choices"), metavar=f.name.upper() if t is not str else None)
+        parser.add_argument(flag_name(f.name), default=f.default, help=f"{help_} (default: %(default)s)", **kw)
+        for a in f.metadata.get("aliases", ()):
+            parser.add_argument(flag_name(a), **kw, **hidden)
     return parser
 
 
@@ -61,8 +85,9 @@ def from_args(cls, ns, **override):
 
 
 def from_dict(cls, d):
-    """Build a config from a dict (e.g. a checkpoint's JSON); unknown keys are rejected by name."""
+    """Build a config from a dict (e.g. a checkpoint's JSON; aliases accepted); unknown keys are rejected by name."""
     names = {f.name for f in dataclasses.fields(cls)}
+    d = canonical_keys(cls, d)
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} keys {unknown}; they come from another geolm version or model")
