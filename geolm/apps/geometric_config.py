@@ -20,7 +20,9 @@ EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay i
 
 @dataclass(frozen=True)
 class GeoRunConfig:
-    data: str = opt("roneneldan/TinyStories", "hub dataset name, local training file/directory, or 'builtin'")
+    data: str = opt("roneneldan/TinyStories", "hub dataset name, local training file/directory, or 'builtin' "
+                                              "(--dataset, the write-up's spelling, is the same option)",
+                    aliases=("dataset",))
     val_data: str = opt(None, "local validation file (default: the sibling valid* file or the hub split)")
     vocab_size: int = opt(4096, "BPE vocabulary size (model vocabulary = tokens seen >= --min-count times, capped)")
     min_count: int = opt(5, "keep tokens seen at least this often; the rest are UNK")
@@ -40,7 +42,10 @@ class GeoRunConfig:
     successor_dim: int = opt(32, "dimension of the successor (directed PPMI) coordinates")
     successor_context: int = opt(2, "last n context tokens whose successor coordinates geo_successor reads")
     models: str = opt("all", "comma-separated models (default all): " + ",".join(ALL_MODELS))
-    seed: int = opt(0, "seed of initialisation, batch order and permutation controls")
+    seed: int = opt(0, "seed of initialisation, batch order, the geometry's SVD and permutation controls "
+                       "(with --seeds: of the data and geometry only)")
+    seeds: str = opt(None, "comma-separated seeds, e.g. 0,1,2: train the table once per seed (same data, tokenizer "
+                           "and geometry; initialisation and batch order from each seed) and report mean +- sd")
     output: str = opt("runs/geometric", "output directory (results.json, curves.png, checkpoints, tokenizer)")
     threads: int = opt(0, "BLAS/Numba threads (0 = cores / MPI ranks on this node)")
     jobs: int = opt(0, "models trained in parallel processes, 1 thread each (0 = min(cores, 2); 1 = sequential)")
@@ -58,6 +63,7 @@ class GeoRunConfig:
         require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0 and self.jobs >= 0, "kappa_holdout",
                 "--kappa-holdout, --clip, --threads and --jobs must be >= 0")
         model_list(self.models)
+        seed_list(self.seeds)
 
 
 def model_list(models):
@@ -67,3 +73,17 @@ def model_list(models):
     if bad or not names:
         raise ConfigError(f"--models: unknown model {', '.join(bad) or '(empty)'}; valid: all or {','.join(ALL_MODELS)}")
     return list(dict.fromkeys(names))
+
+
+def seed_list(seeds):
+    """Parse --seeds: None, or a comma list of at least two distinct integers >= 0 (order kept)."""
+    if seeds is None:
+        return None
+    try:
+        out = [int(x) for x in str(seeds).split(",") if x.strip()]
+    except ValueError:
+        out = []
+    require(len(out) >= 2 and len(set(out)) == len(out) and min(out) >= 0, "seeds",
+            f"needs two or more distinct seeds >= 0 separated by commas, e.g. 0,1,2, got {seeds!r} "
+            "(one seed: pass --seed)")
+    return out

@@ -31,10 +31,11 @@ from ..ops.losses import perplexity
 from ..training.checkpoint import latest_checkpoint
 from ..training.distributed import configure_threads, get_comm, root_only, thread_limit
 from ..training.train import Task, TrainConfig, TrainingInterrupted, fit, record_deferred, run_deferred_eval
-from .geometric_config import ALL_MODELS, EVAL_BATCH, KAPPA, TRAINED, GeoRunConfig, model_list
+from .geometric_config import ALL_MODELS, EVAL_BATCH, KAPPA, TRAINED, GeoRunConfig, model_list, seed_list
 from .geometric_data import GeoData, log, prepare_data
-from .geometric_report import fmt, table, write_curves
+from .geometric_report import aggregate_seeds, fmt, table, write_curves
 from .model_pool import balanced_bins, run_pool
+from .published import compare, run_setting
 
 __all__ = ["GeoRunConfig", "GeoJob", "run", "table", "make_task", "init_theta", "epochs_from_history", "cost"]
 
@@ -291,29 +292,39 @@ def train_table(job, need):
 
 
 def run(cfg, *, progress=True, comm=None):
-    """Train and score every requested model; write results.json and curves.png (rank 0). -> results dict."""
+    """Train and score every requested model (once per seed with --seeds); compare with the published figures;
+    write results.json and curves.png (rank 0). -> results dict."""
     comm = comm or get_comm()
     configure_threads(cfg.threads, comm)
     names = model_list(cfg.models)
     need = [n for n in names if n in TRAINED] + [KAPPA[n] for n in names if n in KAPPA]
     need = list(dict.fromkeys(need))
+    seeds = seed_list(cfg.seeds)
     out = Path(cfg.output)
     root_only(comm, check_output_dir, out)  # a bad --output fails on every rank, before any work
     t_all = time.perf_counter()
     data = prepare_data(cfg, comm)
-
-    results = {}
-    if "bigram" in names:
-        results["bigram"] = bigram_entry(data)
+    bigram = bigram_entry(data) if "bigram" in names else None
     jobs = _jobs(cfg, comm, len(need))
-    job = GeoJob(cfg=cfg, data=data, names=tuple(names), seed=cfg.seed, root=out,
-                 spe=max(1, math.ceil(len(data.ytr) / cfg.batch_size)), jobs=jobs, progress=progress and jobs == 1,
-                 comm=comm)
-    results.update(train_table(job, need))
-
-    results = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit") if n in results}  # table order
-    summary = {"config": dataclasses.asdict(cfg), "data": data.info, "models": results,
+    per_seed = {}
+    for i, seed in enumerate(seeds or [cfg.seed]):
+        if seeds:
+            log(f"seed {seed} ({i + 1}/{len(seeds)}): models in {out / f'seed{seed}'}", comm)
+        job = GeoJob(cfg=cfg, data=data, names=tuple(names), seed=seed, root=out / f"seed{seed}" if seeds else out,
+                     spe=max(1, math.ceil(len(data.ytr) / cfg.batch_size)), jobs=jobs,
+                     progress=progress and jobs == 1, comm=comm)
+        results = {"bigram": dict(bigram, seconds=bigram["seconds"] if i == 0 else 0.0)} if bigram else {}
+        results.update(train_table(job, need))
+        per_seed[seed] = {n: results[n] for base in ALL_MODELS for n in (base, base + "_fit")
+                          if n in results}  # table order
+    results = aggregate_seeds(per_seed) if seeds else per_seed[cfg.seed]
+    published = compare(run_setting(cfg, data.info), results)
+    for name, c in published.pop("models").items():
+        results[name]["published"] = c
+    summary = {"config": dataclasses.asdict(cfg), "data": data.info, "models": results, "published": published,
                "seconds_total": time.perf_counter() - t_all, "threads": _threads()}
+    if seeds:
+        summary["seeds"] = seeds
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", summary)

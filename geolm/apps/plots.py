@@ -74,8 +74,21 @@ def _finite_pairs(xs, ys):
     return px, py
 
 
+def _band(xs, ys, sds, logy):
+    """The finite (x, y - sd, y + sd) of a band; with logy a non-positive lower edge is drawn at y / 2."""
+    bx, lo, hi = [], [], []
+    for x, y, sd in zip(xs, ys, sds):
+        if y is None or sd is None or not (math.isfinite(y) and math.isfinite(sd)) or (logy and y <= 0.0):
+            continue
+        bx.append(float(x))
+        lo.append(y - sd if not logy or y - sd > 0.0 else 0.5 * y)
+        hi.append(y + sd)
+    return bx, lo, hi
+
+
 def plot_curves(curves, path, title="", xlabel="epoch", ylabel="validation perplexity", logy=False):
-    """One line per named run: curves = {name: (xs, ys)} -> PNG at `path`.
+    """One line per named run: curves = {name: (xs, ys)} or {name: (xs, ys, sds)} (a shaded ys +- sds band)
+    -> PNG at `path`.
 
     Non-finite or missing points are skipped; with logy, non-positive points are dropped too.
     """
@@ -85,14 +98,18 @@ def plot_curves(curves, path, title="", xlabel="epoch", ylabel="validation perpl
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     n_drawn = 0
     for name, xy in curves.items():
-        xs, ys = xy
+        xs, ys = xy[0], xy[1]
         px, py = _finite_pairs(xs, ys)
         if logy:
             keep = [i for i, y in enumerate(py) if y > 0.0]
             px, py = [px[i] for i in keep], [py[i] for i in keep]
         if not px:
             continue
-        ax.plot(px, py, marker="o" if len(px) < 30 else None, ms=3, lw=1.5, label=str(name))
+        line, = ax.plot(px, py, marker="o" if len(px) < 30 else None, ms=3, lw=1.5, label=str(name))
+        if len(xy) > 2 and xy[2] is not None:
+            bx, lo, hi = _band(xs, ys, xy[2], logy)
+            if bx:
+                ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
         n_drawn += 1
     if logy and n_drawn:
         ax.set_yscale("log")

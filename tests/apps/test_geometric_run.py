@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from geolm.core.config import ArgParser, add_args, from_args
 from geolm.core.errors import ConfigError
+from geolm.data.builtin import builtin_corpus
 from geolm.training.checkpoint import load_checkpoint, save_snapshot
-from geolm.apps.geometric_config import ALL_MODELS, GeoRunConfig, model_list
+from geolm.apps.geometric_config import ALL_MODELS, GeoRunConfig, model_list, seed_list
 from geolm.apps.geometric_run import cost, epochs_from_history
 from geolm.apps.model_pool import balanced_bins
 
@@ -27,6 +29,73 @@ def test_model_list():
     assert model_list("trigram, bigram,trigram") == ["trigram", "bigram"]
     with pytest.raises(ConfigError, match="valid: all or bigram"):
         model_list("bigram,transformer")
+
+
+WRITEUP = ["--dataset", "roneneldan/TinyStories", "--vocab-size", "4096", "--dim", "64", "--epochs", "5", "--lr",
+           "1e-4", "--max-train-stories", "2000", "--max-val-stories", "1000"]  # the write-up's command, verbatim
+
+
+def _parse(argv):
+    return from_args(GeoRunConfig, add_args(ArgParser(), GeoRunConfig).parse_args(argv))
+
+
+def test_the_writeups_command_line_parses():
+    cfg = _parse(WRITEUP)
+    assert (cfg.data, cfg.vocab_size, cfg.dim, cfg.epochs, cfg.lr) == ("roneneldan/TinyStories", 4096, 64, 5, 1e-4)
+    assert (cfg.max_train_stories, cfg.max_val_stories) == (2000, 1000)
+    assert _parse(["--data", "x.txt"]).data == _parse(["--dataset", "x.txt"]).data == "x.txt"  # one option
+
+
+def test_help_shows_one_name_per_option():
+    r = _run(["--help"], timeout=60)
+    assert r.returncode == 0 and "--data DATA" in r.stdout and "--max-train-stories" in r.stdout
+    assert "--dataset " not in r.stdout.replace("(--dataset,", "")  # named in --data's help only
+
+
+def _tiny_file(path, n=40):
+    train, _ = builtin_corpus(n, 0, seed=5)
+    path.write_text("".join(s + "\n<|endoftext|>\n" for s in train))
+    return path
+
+
+def test_the_writeups_command_runs_on_a_tiny_local_file(tmp_path):
+    argv = [a if a != "roneneldan/TinyStories" else str(_tiny_file(tmp_path / "tiny.txt")) for a in WRITEUP]
+    r = _run([*argv, "--models", "bigram,geo_abs,geo_abs_kappa", "--output", str(tmp_path / "run")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["config"]["data"].endswith("tiny.txt") and res["config"]["epochs"] == 5
+    assert [e["epoch"] for e in res["models"]["geo_abs"]["epochs"]] == [1, 2, 3, 4, 5]
+    pub = res["published"]  # the tiny file has far fewer than 2,000 stories: the 2k figures do not apply
+    assert pub["matched"] is None and "2k differs in stories" in pub["note"]
+    assert "published: no published setting matches" in r.stdout
+
+
+def test_seed_list():
+    assert seed_list(None) is None and seed_list("0,1,2") == [0, 1, 2] and seed_list(" 3, 1") == [3, 1]
+    for bad in ("0", "0,0", "a,b", "-1,2", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            GeoRunConfig(seeds=bad)
+
+
+def test_seeds_run_the_table_once_per_seed(tmp_path):
+    data = str(_tiny_file(tmp_path / "tiny.txt"))
+    args = ["--data", data, "--vocab-size", "300", "--dim", "8", "--epochs", "2", "--models", "bigram,trigram,geo_abs",
+            "--jobs", "1", "--threads", "1"]
+    assert _run([*args, "--output", str(tmp_path / "one")]).returncode == 0
+    r = _run([*args, "--seeds", "0,1", "--output", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["models"]
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    two = res["models"]
+    assert res["seeds"] == [0, 1] and (tmp_path / "two" / "seed1" / "models" / "geo_abs").is_dir()
+    for k in ("bigram", "trigram", "geo_abs"):  # seed 0 of the seeded run is the plain --seed 0 run
+        assert two[k]["per_seed"]["0"]["val_ppl"] == one[k]["val_ppl"], k
+    assert two["bigram"]["val_ppl_sd"] == 0.0  # counts: no seed in them
+    assert two["geo_abs"]["per_seed"]["1"]["val_ppl"] != one["geo_abs"]["val_ppl"]
+    v = [two["geo_abs"]["per_seed"][s]["val_ppl"] for s in ("0", "1")]
+    assert two["geo_abs"]["val_ppl"] == pytest.approx(sum(v) / 2)
+    assert two["geo_abs"]["val_ppl_sd"] == pytest.approx(abs(v[0] - v[1]) / 2 ** 0.5)
+    assert "+-" in r.stdout and "mean +- sample sd over seeds 0,1" in r.stdout
 
 
 def test_config_validation():
