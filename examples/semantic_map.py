@@ -40,8 +40,9 @@ def _val_stories(ck, tok, args):
     data = args.data or ex.get("data")
     if data is None:
         raise CheckpointError(f"checkpoint {ck.path} does not record its data; pass --data (and --val-data)")
-    corpus = load_corpus(data, args.val_data or ex.get("val_data"), max_train=args.max_train or ex.get("max_train"),
-                         max_val=args.max_val or ex.get("max_val"), quiet=True)
+    n_train = args.max_train or ex.get("max_train_stories", ex.get("max_train"))  # older runs: the old names
+    n_val = args.max_val or ex.get("max_val_stories", ex.get("max_val"))
+    corpus = load_corpus(data, args.val_data or ex.get("val_data"), max_train=n_train, max_val=n_val, quiet=True)
     return tok.encode_stories(corpus.val), corpus.source
 
 

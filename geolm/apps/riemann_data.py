@@ -18,9 +18,10 @@ from ..data.tokenizer import get_tokenizer
 
 def prepare_data(cfg, rc, seed=0, quiet=False):
     """-> dict(corpus, tok, train_ids, val_ids (lists of int arrays), train_chunks, val_chunks [M, T+1] int32)."""
-    corpus = load_corpus(rc.data, rc.val_data, rc.max_train, rc.max_val, seed=seed, quiet=quiet)
+    corpus = load_corpus(rc.data, rc.val_data, rc.max_train_stories, rc.max_val_stories, seed=seed, quiet=quiet)
     out_dir = Path(rc.resume or rc.output)
-    tok = get_tokenizer(corpus.train, cfg.vocab_size, rc.min_frequency, cache_dir=out_dir)  # -> DIR/tokenizers/<key>/
+    tok = get_tokenizer(corpus.train, cfg.vocab_size, rc.min_count, cache_dir=out_dir,  # -> DIR/tokenizers/<key>/
+                        min_count=rc.min_count)
     train_ids = tok.encode_stories(corpus.train)
     val_ids = tok.encode_stories(corpus.val)
     tr = sequence_chunks(train_ids, cfg.seq_len, eos_id=tok.eos_id)

@@ -16,10 +16,11 @@ Configuration file: TOML (tomllib) or JSON (by suffix .json), one section per da
     [train]                 # TrainConfig
     lr = 1e-3
     [run]                   # RunConfig
-    max_val = 500
+    max_val_stories = 500
 A key in no section or the wrong one, an unknown key or section, a value of the wrong type and the keys a file
 cannot set (n_vocab, resume) are each a one-line ConfigError naming the file, the key and the fix. Integers are
-accepted for float fields; JSON null for the Optional ones.
+accepted for float fields; JSON null for the Optional ones. A field's old spelling (its alias, e.g. max_val) is
+read as the field, in files and in older runs' checkpoints.
 """
 import dataclasses
 import difflib
@@ -30,7 +31,7 @@ import typing
 from pathlib import Path
 from typing import Optional
 
-from ..core.config import opt, require
+from ..core.config import aliases_of, canonical_keys, opt, require
 from ..core.errors import ConfigError
 from ..models.riemann_config import ODE_FIELDS, RiemannConfig
 from ..training.checkpoint import load_checkpoint
@@ -47,9 +48,12 @@ class RunConfig:
     data: Optional[str] = opt(None, "train data: a .txt/.txt.gz/.jsonl/.parquet file or directory, 'builtin', or "
                                     "a hub name (default: the TinyStories hub, built-in stories when offline)")
     val_data: Optional[str] = opt(None, "validation file (default: a sibling valid* file or the last 10%)")
-    max_train: int = opt(2000, "first N training stories")
-    max_val: int = opt(1000, "first N validation stories")
-    min_frequency: int = opt(5, "minimum token count kept in the vocabulary")
+    max_train_stories: int = opt(2000, "first N training stories (--max-train: the old spelling, deprecated)",
+                                 aliases=("max_train",))
+    max_val_stories: int = opt(1000, "first N validation stories (--max-val: the old spelling, deprecated)",
+                               aliases=("max_val",))
+    min_count: int = opt(5, "keep tokens seen at least this often (BPE merges and model vocabulary); the rest are "
+                            "UNK (--min-frequency: the old spelling, deprecated)", aliases=("min_frequency",))
     output: str = opt("runs/riemann", "run directory (metrics, checkpoints, plots, story)")
     resume: Optional[str] = opt(None, "continue the run in this directory from its newest checkpoint (with a "
                                       "larger --rank: grow the metric rank first)")
@@ -62,9 +66,9 @@ class RunConfig:
     map_points: int = opt(200, "trajectories in the semantic map (0 = no map)")
 
     def __post_init__(self):
-        require(self.max_train > 0, "max_train", f"must be > 0, got {self.max_train}")
-        require(self.max_val > 0, "max_val", f"must be > 0, got {self.max_val}")
-        require(self.min_frequency >= 1, "min_frequency", f"must be >= 1, got {self.min_frequency}")
+        require(self.max_train_stories > 0, "max_train_stories", f"must be > 0, got {self.max_train_stories}")
+        require(self.max_val_stories > 0, "max_val_stories", f"must be > 0, got {self.max_val_stories}")
+        require(self.min_count >= 1, "min_count", f"must be >= 1, got {self.min_count}")
         require(self.val_batches >= 0, "val_batches", f"must be >= 0, got {self.val_batches}")
         require(self.tel_batch > 0, "tel_batch", f"must be > 0, got {self.tel_batch}")
         require(self.temperature >= 0 and math.isfinite(self.temperature), "temperature",
@@ -76,10 +80,11 @@ class RunConfig:
 
 
 # RunConfig fields a checkpoint records (its "extra" dict), so the data can be rebuilt on resume and by the tools
-RUN_DATA = ("data", "val_data", "max_train", "max_val", "min_frequency")
+RUN_DATA = ("data", "val_data", "max_train_stories", "max_val_stories", "min_count")  # older runs: their aliases
 SECTIONS = {"model": RiemannConfig, "train": TrainConfig, "run": RunConfig}
 NOT_IN_FILES = {"n_vocab": "it is set from the tokenizer", "resume": "pass --resume DIR on the command line"}
 _NOT_FROM_CHECKPOINT = ("output", "resume", "threads", "n_vocab")
+_ALIASES = {a: name for cls in SECTIONS.values() for a, name in aliases_of(cls).items()}  # old key -> field
 
 
 def _fields():
@@ -157,6 +162,7 @@ def load_config_file(path):
             raise ConfigError(f"{p}: unknown section [{sec}]; the sections are [model], [train] and [run]")
         for key, value in table.items():
             where = f"{p} [{sec}]"
+            key = _ALIASES.get(key, key)
             if key not in fields:
                 raise _unknown(where, key, fields)
             if fields[key][0] != sec:
@@ -175,7 +181,8 @@ def checkpoint_values(run_dir):
     ck = load_checkpoint(run_dir, expect_family="riemann")
     saved = dict(ck.meta.get("cfg", {}))
     saved.update(ck.meta.get("tcfg", {}))
-    saved.update({k: ck.extra[k] for k in RUN_DATA if k in ck.extra})
+    extra = canonical_keys(RunConfig, ck.extra)  # a checkpoint of an older run records the old names
+    saved.update({k: extra[k] for k in RUN_DATA if k in extra})
     fields = _fields()
     return {k: v for k, v in saved.items() if k in fields and k not in _NOT_FROM_CHECKPOINT}
 

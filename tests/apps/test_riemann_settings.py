@@ -39,7 +39,7 @@ def test_layers_defaults_file_overrides(tmp_path):
     cfg, tcfg, rc = resolve_configs({"dim": 32, "steps": 5}, config_file=f)
     assert (cfg.dim, cfg.rank) == (32, 3)  # flag > file > default
     assert (tcfg.lr, tcfg.steps, tcfg.batch_size) == (1e-2, 5, TRAIN_DEFAULTS["batch_size"])
-    assert rc.max_val == 9 and rc.output == "runs/riemann" and cfg.heads == RiemannConfig.heads
+    assert rc.max_val_stories == 9 and rc.output == "runs/riemann" and cfg.heads == RiemannConfig.heads
 
 
 def test_command_line_flags_override_the_file(tmp_path):
@@ -95,7 +95,7 @@ def test_resume_takes_the_checkpoint_then_the_file_then_the_overrides(tmp_path):
     save_checkpoint(run, 3, np.zeros(4, np.float32), meta)
     cfg, tcfg, rc = resume_configs(run, {"steps": 9})
     assert (cfg.dim, cfg.rank, cfg.n_vocab, tcfg.lr, tcfg.steps, tcfg.threads) == (16, 4, 0, 2e-3, 9, 0)
-    assert (rc.data, rc.max_train, rc.min_frequency, rc.resume, rc.output) == ("builtin", 50, 2, str(run),
+    assert (rc.data, rc.max_train_stories, rc.min_count, rc.resume, rc.output) == ("builtin", 50, 2, str(run),
                                                                                 "runs/riemann")
     f = _file(tmp_path, "[model]\nrank = 8\n[train]\nlr = 1e-3\n")
     cfg, tcfg, _ = resume_configs(run, {"lr": 5e-4}, config_file=f)
