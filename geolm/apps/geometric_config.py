@@ -71,7 +71,8 @@ def model_list(models):
     names = list(ALL_MODELS) if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
     bad = [m for m in names if m not in ALL_MODELS]
     if bad or not names:
-        raise ConfigError(f"--models: unknown model {', '.join(bad) or '(empty)'}; valid: all or {','.join(ALL_MODELS)}")
+        raise ConfigError(f"--models: unknown model {', '.join(bad) or '(empty)'}; "
+                          f"valid: all or {','.join(ALL_MODELS)}")
     return list(dict.fromkeys(names))
 
 

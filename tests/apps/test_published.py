@@ -6,7 +6,7 @@ from geolm.apps.published import PUBLISHED, SETTINGS, compare, differences, run_
 
 def _models():
     return {"bigram": {"val_ppl": 170.0, "epochs": []},
-            "geo_abs": {"val_ppl": 250.0, "epochs": [{"epoch": e, "train_loss": 6.0 - 0.1 * e} for e in (1, 2, 3, 4, 5)]},
+            "geo_abs": {"val_ppl": 250.0, "epochs": [{"epoch": e, "train_loss": 6.0 - 0.1 * e} for e in range(1, 6)]},
             "geo_abs_kappa": {"val_ppl": 310.0, "epochs": []},
             "geo_abs_kappa_fit": {"val_ppl": 240.0, "epochs": []}}
 

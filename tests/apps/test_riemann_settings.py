@@ -126,3 +126,14 @@ def test_cli_bad_config_one_line_exit_2(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "'rnak'" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_old_flag_spellings_are_hidden_aliases():
+    ex = _example()
+    p = ex.build_parser()
+    old = ex.explicit_flags(p, ["--max-train", "40", "--max-val", "10", "--min-frequency", "3"])
+    new = ex.explicit_flags(p, ["--max-train-stories", "40", "--max-val-stories", "10", "--min-count", "3"])
+    assert old == new == {"max_train_stories": 40, "max_val_stories": 10, "min_count": 3}
+    helptext = p.format_help()
+    assert "--max-train-stories" in helptext and "--min-count" in helptext
+    assert "--max-train " not in helptext and "--max-val " not in helptext and "--min-frequency " not in helptext
