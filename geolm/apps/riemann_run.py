@@ -8,6 +8,7 @@ curves.png, telemetry.png, semantic_map.png, a generated story (story.txt).
     cfg, tcfg, rc = resolve_configs({"dim": 64}, config_file=path)     # geolm.apps.riemann_settings
     summary = run(cfg, tcfg, rc, config_file=path)    # -> dict (also written to DIR/summary.json)
     summary = run(*resume_configs("runs/r", {"steps": 800}))           # continue a run
+    summary = run(*resume_configs("runs/r", {"rank": 24}))             # continue it at a larger metric rank
 """
 import dataclasses
 import functools
@@ -27,6 +28,7 @@ from ..training.train import Task, evaluate, fit
 from .generate import check_sampling, encode_prompt, generate_text
 from .plots import plot_curves, plot_telemetry
 from .riemann_data import batches_of, prepare_data, split_chunk, where
+from .riemann_grow import grow_checkpoint
 from .riemann_settings import RUN_DATA, RunConfig
 from .semantic import semantic_map
 from .telemetry import trajectory_telemetry
@@ -115,14 +117,15 @@ def _describe(cfg, spec, data):
             f"model: {spec.size:,} parameters, d={cfg.dim}, {cfg.layers} layers x {cfg.heads} heads, {ctrl}")
 
 
-def _extra_state(rc, data, out_dir):
+def _extra_state(rc, data, out_dir, growth):
     """What a checkpoint records besides the configs: RUN_DATA (examples/generate.py, examples/semantic_map.py
-    and resume_configs rebuild the tokenizer and the data from it), the tokenizer's directory and the source."""
+    and resume_configs rebuild the tokenizer and the data from it), the tokenizer's directory, the source and the
+    rank growths so far (geolm.apps.riemann_grow)."""
     rec = {k: getattr(rc, k) for k in RUN_DATA}
     builtin = data["corpus"].source.startswith("built-in")
     rec["data"] = "builtin" if builtin else where(rc.data)
     rec["val_data"] = rc.val_data and where(rc.val_data)
-    return dict(rec, tokenizer_dir=str(out_dir), source=data["corpus"].source)
+    return dict(rec, tokenizer_dir=str(out_dir), source=data["corpus"].source, growth=growth)
 
 
 def _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file):
@@ -146,7 +149,8 @@ def _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file):
 def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     """Train; write DIR/{metrics.jsonl, summary.json, curves.png, telemetry.png, semantic_map.png, story.txt,
     ckpt_*.npz} (DIR = rc.resume or rc.output); return the summary dict. rc.resume continues that run (take cfg
-    and tcfg from geolm.apps.riemann_settings.resume_configs). summary.json records the three configs and
+    and tcfg from geolm.apps.riemann_settings.resume_configs; a larger cfg.rank than the run's grows its metric
+    rank first: geolm.apps.riemann_grow). summary.json records the three configs, the rank growths and
     config_file (the file they were resolved from, if any). should_stop() -> bool is checked after every step
     (true: checkpoint and raise TrainingInterrupted, as on SIGTERM)."""
     if rc.resume and rc.output != RunConfig.output and Path(rc.output) != Path(rc.resume):
@@ -165,6 +169,10 @@ def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     spec, theta = riemann.init_params(cfg, np.random.default_rng(tcfg.seed))
     task = make_task(cfg, spec, data, tcfg, rc)
     say(_describe(cfg, spec, data) + f"; prep {time.perf_counter() - t0:.1f} s")
+    growth, grew = root_only(comm, grow_checkpoint, out_dir, cfg, tcfg) if rc.resume else ([], None)
+    if grew:
+        say(f"grew the metric rank {grew['from']} -> {grew['to']} at step {grew['step']} (new U rows small and "
+            f"random, their Adam moments 0; everything else carried over)")
     tel_ids, tel_tg = batches_of(nva, rc.tel_batch, 1, tok.pad_id)[0]
 
     def on_eval(record, th):  # telemetry on the fixed batch, merged into fit's eval record
@@ -176,7 +184,7 @@ def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
         return tel
 
     res = fit(task, theta, tcfg, out_dir, resume=bool(rc.resume), on_eval=on_eval, progress=progress,
-              extra_state=_extra_state(rc, data, out_dir), should_stop=should_stop)
+              extra_state=_extra_state(rc, data, out_dir, growth), should_stop=should_stop)
     full = evaluate(task, theta, comm, batches=batches_of(nva, tcfg.batch_size, 0, tok.pad_id))
     say(f"final validation perplexity {full['val_ppl'] or math.nan:.2f} over {full['n']} tokens "
         f"({data['corpus'].source})" + (f"; {full['reason']}" if "reason" in full else ""))
@@ -186,7 +194,7 @@ def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     if products["story"] is not None:
         atomic_write(out_dir / "story.txt", products["story"] + "\n")
         say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{products['story']}")
-    summary = _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file)
+    summary = _summary(res, full, cfg, tcfg, rc, spec, data, dict(products, growth=growth), config_file)
     write_json(out_dir / "summary.json", summary, indent=2)
     say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
     return summary

@@ -190,8 +190,8 @@ def checkpoint_values(run_dir):
 def resolve_configs(overrides=None, *, config_file=None, resume=None):
     """-> (RiemannConfig, TrainConfig, RunConfig) from the layers of the module docstring. overrides: {field: value}
     (e.g. the flags given on a command line). An override no_ode=True drops the file's ODE/metric fields (a
-    preset's control run)."""
-    overrides = dict(overrides or {})
+    preset's control run). Old names (aliases) of a field are accepted as keys."""
+    overrides = {_ALIASES.get(k, k): v for k, v in (overrides or {}).items()}
     values = default_values()
     if resume is not None:
         values.update(checkpoint_values(resume))

@@ -18,6 +18,7 @@ API (the model contract of geolm.models, plus the pieces other modules call)
     zT, traj, aux, cache = flow(z0, p, cfg)                      the ODE alone on z0 [N,D] (traj [S+1,N,D])
     logits, cache = head_forward(zT, p, cfg)                     LN + head on z [N,D] -> [N,V]
     field_forward / field_backward / FieldWorkspace              the ODE field (geolm.models.riemann_field)
+    theta2, arrays2 = grow_rank(theta, arrays, cfg, cfg2, rng)   metric rank R -> R2 > R (new U rows), pure
 workspace: forward, loss_forward, loss_and_grads and eval_nll take an optional FieldWorkspace (one per run)
 that owns the field's large reusable buffers; None allocates fresh ones (same numbers).
 
@@ -35,7 +36,9 @@ Controls: metric="identity" (g = I, v = f: a Euclidean neural ODE, no U-MLP), no
 plain Transformer), metric="dense" (forms g [N,D,D]: geolm.ops.metric's dense tier, a baseline only).
 Init: f-MLP last layer zero (the flow starts as the identity map), U-MLP last layer x0.01 (g ~ eps I).
 """
+import dataclasses
 import functools
+import math
 
 import numpy as np
 
@@ -54,7 +57,7 @@ from .riemann_field import (FIELD_BLOCK, FieldWorkspace, field_backward, field_e
 __all__ = ["METRICS", "ODE_FIELDS", "PENALTIES", "RiemannConfig", "FIELD_BLOCK", "FieldWorkspace", "field_backward",
            "field_eval", "field_forward", "field_forward_nocache", "field_shapes", "param_shapes", "init_params",
            "flow", "head_forward", "head_backward", "forward", "outputs", "backward", "penalties", "loss_forward",
-           "loss_backward", "loss_and_grads", "eval_nll", "logits_last"]
+           "loss_backward", "loss_and_grads", "eval_nll", "logits_last", "grow_rank", "GROW_SCALE"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,6 +87,51 @@ def init_params(cfg, rng, dtype=np.float32):
     if not cfg.tie_head:
         p["head"]["w"][...] = rng.normal(0.0, 0.02, size=p["head"]["w"].shape)
     return spec, theta
+
+
+GROW_SCALE = 0.01  # the U-MLP's last-layer scale at init (init_params: g ~ eps I at the start)
+
+
+def grow_rank(theta, arrays, cfg_old, cfg_new, rng, scale=GROW_SCALE):
+    """Metric rank R1 = cfg_old.rank -> R2 = cfg_new.rank > R1 (nothing else may differ) -> (theta2, arrays2), new
+    flat buffers (the inputs are not modified). arrays: {name: flat array laid out like theta} (e.g. Adam's m, v).
+
+    U = MLP_U(z) reshaped [R,D], so rows R1..R2-1 of U are the new columns R1*D..R2*D-1 of the U-MLP's fc2 (w [h_U,
+    R*D], b [R*D]); every other entry is copied, and the new entries of `arrays` are 0. New w columns are drawn as
+    init_params draws that layer (Glorot-uniform at the new shape, times `scale`), new b entries are 0.
+    Not zero: a zero row u_i of U gets exactly zero gradient (dU = -alpha (t v^T + s y^T) + 2 alpha dl K^-1 U with
+    t_i = u_i.y = 0, s_i = u_i.v = 0, and K = eps I + alpha U U^T block-diagonal, so (K^-1 U)_i = u_i / eps = 0),
+    and would never move. Small: g changes by alpha sum_i u_i u_i^T with |u_i|^2 ~ D |a|^2 sigma^2 (a the U-MLP's
+    hidden activations [h_U], sigma^2 = scale^2 * 2 / (h_U + R2*D) the new weights' variance), i.e. by a relative
+    alpha |u_i|^2 / eps along u_i, as small as at a fresh init; log det g changes by about the sum of those. The
+    new rows' gradient is linear in them, and Adam normalises its steps, so they move at once.
+    """
+    if cfg_old.no_ode or cfg_old.metric == "identity":
+        raise ConfigError(f"the run has {'no ODE' if cfg_old.no_ode else 'the identity metric'}, so no metric rank "
+                          f"to grow; keep --rank {cfg_old.rank} or start a new --output")
+    if cfg_new.rank <= cfg_old.rank:
+        raise ConfigError(f"--rank {cfg_new.rank} does not grow the run's metric rank {cfg_old.rank} (it can only "
+                          f"grow); pass --rank > {cfg_old.rank}, or start a new --output")
+    other = [f.name for f in dataclasses.fields(cfg_old)
+             if f.name != "rank" and getattr(cfg_old, f.name) != getattr(cfg_new, f.name)]
+    if other:
+        raise ConfigError(f"growing the rank keeps every other setting, but {', '.join(other)} differ; pass the "
+                          f"run's values, or start a new --output")
+    spec_old, spec_new = ParamSpec(param_shapes(cfg_old)), ParamSpec(param_shapes(cfg_new))
+    grown = {}
+    for name, a in dict(arrays, theta=theta).items():
+        if a.ndim != 1 or a.shape[0] != spec_old.size:
+            raise ValueError(f"{name} must be a flat buffer of {spec_old.size} parameters, got shape {a.shape}")
+        new, src = spec_new.zeros(a.dtype), spec_old.named(a)
+        for key, dst in spec_new.named(new).items():
+            dst[..., :src[key].shape[-1]] = src[key]  # only field.U.fc2's last axis grows
+        grown[name] = new
+    w = spec_new.named(grown["theta"])["field.U.fc2.w"]  # [h_U, R2*D]
+    lim = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))  # Glorot-uniform bound at the new shape
+    w[:, cfg_old.rank * cfg_old.dim:] = scale * rng.uniform(-lim, lim, size=(w.shape[0], w.shape[1] -
+                                                                                   cfg_old.rank * cfg_old.dim))
+    theta2 = grown.pop("theta")
+    return theta2, grown
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def test_parse_explicit_flags():
     assert given == {"rank": 3, "no_ode": True, "lambda_metric": 1.0, "tie_head": False}
     with pytest.raises(ConfigError):
         ex.parse(["--no-ode", "--lambda-field=0.1"])
-    cfg, tcfg, rc = ex.parse(["--no-ode"])
-    assert cfg.no_ode and tcfg.lr == 1e-3 and tcfg.b2 == 0.95 and rc.output == "runs/riemann"
+    cfg, tcfg, rc, config_file = ex.parse(["--no-ode"])
+    assert cfg.no_ode and tcfg.lr == 1e-3 and tcfg.b2 == 0.95 and rc.output == "runs/riemann" and config_file is None
 
 
 def test_task_holds_one_workspace_for_training_and_evaluation():
@@ -176,8 +176,8 @@ def test_numerical_errors_reach_metrics_with_their_reason(tmp_path, monkeypatch)
     monkeypatch.setattr(riemann, "loss_and_grads", loss_and_grads)
     monkeypatch.setattr(riemann, "eval_nll", eval_nll)
     out = tmp_path / "run"
-    s = riemann_run.run(*load_example().parse(TINY + ODE + ["--output", str(out), "--gen-tokens", "0"]),
-                        progress=False)
+    cfg, tcfg, rc, _ = load_example().parse(TINY + ODE + ["--output", str(out), "--gen-tokens", "0"])
+    s = riemann_run.run(cfg, tcfg, rc, progress=False)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     (skip,) = [r for r in recs if r["kind"] == "skip"]
     assert skip["step"] == 2 and "not positive definite (test)" in skip["reason"]
