@@ -5,7 +5,7 @@
     python examples/train_riemann.py --no-ode ...               # plain-Transformer control
     python examples/train_riemann.py --resume runs/riemann      # continue exactly from the newest checkpoint
     python examples/train_riemann.py --config examples/configs/riemann_third.toml --data ... --output runs/third
-    python examples/train_riemann.py --resume runs/third --rank 21 --steps 1200   # grow the metric rank, continue
+    python examples/train_riemann.py --resume runs/third --rank 21 --steps 1025   # grow the metric rank, continue
 
 Token + position embeddings -> causal pre-LN Transformer -> z0 per position -> dz/dt = g(z)^-1 f(z), RK4 on
 [0, 1] with the discrete adjoint -> LayerNorm -> tied head -> cross-entropy (+ field and log-det penalties).

@@ -118,14 +118,15 @@ def _describe(cfg, spec, data):
 
 
 def _extra_state(rc, data, out_dir, growth):
-    """What a checkpoint records besides the configs: RUN_DATA (examples/generate.py, examples/semantic_map.py
-    and resume_configs rebuild the tokenizer and the data from it), the tokenizer's directory, the source and the
-    rank growths so far (geolm.apps.riemann_grow)."""
+    """What a checkpoint records besides the model and training configs: the RunConfig, RUN_DATA (local paths
+    absolute: examples/generate.py, examples/semantic_map.py and resume_configs rebuild the tokenizer and the data
+    from it), the tokenizer's directory, the source and the rank growths so far (geolm.apps.riemann_grow)."""
     rec = {k: getattr(rc, k) for k in RUN_DATA}
     builtin = data["corpus"].source.startswith("built-in")
     rec["data"] = "builtin" if builtin else where(rc.data)
     rec["val_data"] = rc.val_data and where(rc.val_data)
-    return dict(rec, tokenizer_dir=str(out_dir), source=data["corpus"].source, growth=growth)
+    return dict(rec, run=dataclasses.asdict(rc), tokenizer_dir=str(out_dir), source=data["corpus"].source,
+                growth=growth)
 
 
 def _summary(res, full, cfg, tcfg, rc, spec, data, products, config_file):

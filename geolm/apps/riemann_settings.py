@@ -7,8 +7,8 @@ Each field is set by the last layer that gives it:
     dataclass defaults < TRAIN_DEFAULTS < the resumed run's checkpoint < a configuration file < explicit overrides
     cfg, tcfg, rc = resolve_configs({"rank": 8}, config_file="examples/configs/riemann_third.toml")
     cfg, tcfg, rc = resume_configs("runs/r", {"steps": 900})   # every setting not overridden from the run
-The checkpoint layer holds the model and training fields and the RunConfig fields in RUN_DATA (the data); output,
-resume and threads are never taken from it.
+The checkpoint layer holds the model, training and run settings the run was started with (its data as RUN_DATA
+records it: local paths absolute); output, resume and threads are never taken from it.
 
 Configuration file: TOML (tomllib) or JSON (by suffix .json), one section per dataclass, keys = field names:
     [model]                 # RiemannConfig
@@ -19,8 +19,8 @@ Configuration file: TOML (tomllib) or JSON (by suffix .json), one section per da
     max_val_stories = 500
 A key in no section or the wrong one, an unknown key or section, a value of the wrong type and the keys a file
 cannot set (n_vocab, resume) are each a one-line ConfigError naming the file, the key and the fix. Integers are
-accepted for float fields; JSON null for the Optional ones. A field's old spelling (its alias, e.g. max_val) is
-read as the field, in files and in older runs' checkpoints.
+accepted for float fields; JSON null for the Optional ones; paths are relative to the working directory. A
+field's old spelling (its alias, e.g. max_val) is read as the field, in files, overrides and older checkpoints.
 """
 import dataclasses
 import difflib
@@ -177,10 +177,12 @@ def load_config_file(path):
 # resolving
 
 def checkpoint_values(run_dir):
-    """The settings recorded in run_dir's newest checkpoint -> {field name: value} (model, training, RUN_DATA)."""
+    """The settings recorded in run_dir's newest checkpoint -> {field name: value} (model, training, run; the
+    data fields as RUN_DATA records them)."""
     ck = load_checkpoint(run_dir, expect_family="riemann")
     saved = dict(ck.meta.get("cfg", {}))
     saved.update(ck.meta.get("tcfg", {}))
+    saved.update(canonical_keys(RunConfig, ck.extra.get("run", {})))
     extra = canonical_keys(RunConfig, ck.extra)  # a checkpoint of an older run records the old names
     saved.update({k: extra[k] for k in RUN_DATA if k in extra})
     fields = _fields()

@@ -76,7 +76,9 @@ def test_exact_resume_across_growth(phase1, tmp_path):
         run(*resume_configs(b, {"rank": 4, "steps": 9}), progress=False, should_stop=lambda: calls.append(1) or
             len(calls) >= 2)
     assert e.value.step == 6
-    sb = run(*resume_configs(b), progress=False)  # ... and resumed with the run's own settings
+    cfg, tcfg, rc = resume_configs(b)  # ... and resumed with the run's own settings
+    assert (cfg.rank, tcfg.steps, rc.val_batches, rc.map_points, rc.max_train_stories) == (4, 9, 2, 0, 120)
+    sb = run(cfg, tcfg, rc, progress=False)
     cka, ckb = load_checkpoint(a), load_checkpoint(b)
     assert cka.step == ckb.step == 9 and checkpoint_config(ckb).rank == 4
     np.testing.assert_array_equal(cka.theta, ckb.theta)

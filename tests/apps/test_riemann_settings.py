@@ -137,3 +137,9 @@ def test_old_flag_spellings_are_hidden_aliases():
     helptext = p.format_help()
     assert "--max-train-stories" in helptext and "--min-count" in helptext
     assert "--max-train " not in helptext and "--max-val " not in helptext and "--min-frequency " not in helptext
+
+
+def test_old_names_as_file_keys_and_overrides(tmp_path):
+    f = _file(tmp_path, "[run]\nmax_train = 40\nmin_frequency = 3\n")
+    _, _, rc = resolve_configs({"max_val": 7}, config_file=f)
+    assert (rc.max_train_stories, rc.min_count, rc.max_val_stories) == (40, 3, 7)
