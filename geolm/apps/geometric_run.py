@@ -7,7 +7,10 @@ base model (geolm.models.kappa). Sequentially (--jobs 1) fit evaluates after eve
 (geolm.apps.model_pool) fit(defer_eval=True) snapshots instead and the evaluations and kappa scorings are queued to
 whichever process is free: the same numbers as a sequential run at --threads 1. Under MPI training is
 data-parallel and only rank 0 writes. The work of a run is one GeoJob, passed explicitly to every function below.
-Outputs: DIR/results.json, DIR/curves.png, DIR/models/<name>/ (checkpoints + metrics.jsonl), DIR/tokenizers/.
+With --seeds the models are trained once per seed on the same data and geometry and each row reports mean +- sd
+(geometric_report); every run is compared with the write-up's figures (geolm.apps.published).
+Outputs: DIR/results.json, DIR/curves.png, DIR/models/<name>/ (checkpoints + metrics.jsonl; with --seeds
+DIR/seed<S>/models/<name>/), DIR/tokenizers/.
 """
 import dataclasses
 import functools
