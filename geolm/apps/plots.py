@@ -7,6 +7,7 @@ never leaves a truncated PNG behind.
     plot_curves({"lowrank": (xs, ys), "identity": (xs, ys)}, "curves.png", logy=True)
     plot_telemetry(records_from_metrics_jsonl, "telemetry.png")
     draw_semantic_map("semantic_map.png", traj2d, labels, words, grid=(a, b, L))
+    plot_panels([{"title": "linearity", "series": {"mean": (xs, ys, sds)}, "markers": [(x, y, "ref")]}], "p.png")
 """
 import math
 import os
@@ -217,3 +218,59 @@ def plot_limits(traj2d, q=0.01, pad=0.1):
     span = np.maximum(hi - lo, 1e-6)
     lo, hi = lo - pad * span, hi + pad * span
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
+    """A grid of panels over one x axis -> PNG at `path`.
+
+    panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label)],
+    "hollow": [(x, y, label)], "logy": bool}]: lines (a ys +- sds band where sds are given), filled and hollow
+    star markers (reference values). vlines: [(x, label)] drawn in every panel. note: text in the next free cell.
+    Non-finite points are skipped; logy applies only when every drawn value is > 0.
+    """
+    plt = pyplot()
+    n = len(panels) + bool(note)
+    ncols = max(1, min(ncols, n))
+    nrows = int(math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, pan in zip(axes.flat, panels):
+        drawn = []
+        for label, xy in pan.get("series", {}).items():
+            px, py = _finite_pairs(xy[0], xy[1])
+            if not px:
+                continue
+            line, = ax.plot(px, py, lw=1.3, marker="o" if len(px) < 30 else None, ms=2.5, label=str(label))
+            drawn += py
+            if len(xy) > 2 and xy[2] is not None:
+                bx, lo, hi = _band(xy[0], xy[1], xy[2], False)
+                if bx:
+                    ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        for key, face in (("markers", "k"), ("hollow", "none")):
+            for x, y, label in pan.get(key, ()):
+                if y is None or not math.isfinite(y):
+                    continue
+                ax.scatter([x], [y], marker="*", s=90, facecolors=face, edgecolors="k", zorder=5, label=label)
+                drawn.append(y)
+        for x, label in vlines:
+            ax.axvline(x, color="0.4", ls="--", lw=0.9, label=label)
+        if pan.get("logy") and drawn and min(drawn) > 0.0:
+            ax.set_yscale("log")
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(pan.get("title", ""), fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            uniq = dict(zip(labels, handles))
+            ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="best")
+    rest = list(axes.flat)[len(panels):]
+    for ax in rest:
+        ax.set_axis_off()
+    if note and rest:
+        rest[0].text(0.0, 1.0, note, ha="left", va="top", fontsize=7, family="monospace", transform=rest[0].transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -10,6 +10,8 @@ per-epoch training losses too. Otherwise the comparison says which settings diff
 Row -> model mapping: the bigram, trigram, hybrid, geometric MLP (= geo_abs, 8 frozen 3-D coordinates -> MLP) and
 the kappa rows (published (1, 1) coefficients) are named so in the write-up; geo_rot, geo_rot_nbrs and
 geo_attention are our readings of rows whose details are not published (see each `mapping`).
+
+The Riemannian write-up's telemetry values (shared/seeds/000) are at the end: RIEMANN_READINGS.
 """
 import math
 from dataclasses import dataclass
@@ -68,6 +70,11 @@ PUBLISHED = (
     Figure("20k", "geo_abs", "Geometric absolute", 145.08),
     Figure("20k", "geo_rot", "Geometric rotated", 272.98, mapping=_ROT),
 )
+
+
+def figure(setting, model):
+    """The published Figure of `model` at `setting` (a SETTINGS key), or None."""
+    return next((f for f in PUBLISHED if f.setting == setting and f.model == model), None)
 
 
 def run_setting(cfg, data):
@@ -131,3 +138,44 @@ def compare(ours, models):
 
 def _finite(x):
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Riemannian write-up's telemetry (shared/seeds/000; issue 16): phase 1 at metric rank 24 (d 384) to step 3,000,
+# then "we restarted the flow and expanded the metric rank to 64", equilibrium by steps 12,000-12,300. Keys are
+# geolm.apps.telemetry's names; step is the write-up's step (0 = the start of training, our reading of "climbing
+# from -800"). geolm.apps.riemann_protocol puts them beside a protocol run.
+
+RIEMANN_SOURCE = ("Sculpting the Latent Space: Riemannian Neural ODEs for Language Modeling (TheFausap/RIEMANN; "
+                  "shared/seeds/000)")
+RIEMANN_SHAPES = dict(dim=384, rank=(24, 64), seq_len=192, batch_size=32, phase1_end=3000, phase2_end=12300)
+
+
+@dataclass(frozen=True)
+class Reading:
+    key: str  # telemetry key
+    phase: int  # 1: rank 24; 2: grown to rank 64
+    step: int  # the write-up's step
+    value: float
+    quote: str  # the write-up's words
+
+
+RIEMANN_READINGS = (
+    Reading("logdet", 1, 0, -800.0, "the volume penalty (log det) was still climbing from -800"),
+    Reading("linearity", 1, 3000, 0.646, "linearity ... dropped precipitously to 0.646"),
+    Reading("displacement", 1, 3000, 53.45, "the average straight-line displacement ... was mu = 53.45"),
+    Reading("path_length", 1, 3000, 83.76, "the actual path length traveled by the ODE was mu = 83.76"),
+    Reading("logdet", 1, 3000, -297.0, "hovering around -297"),
+    Reading("logdet", 2, 12300, 0.003, "by step 12,300, the log det g(z) penalty ... oscillating perfectly around "
+                                       "0.003"),
+    Reading("fdecay", 2, 12300, 0.02, "fDecay dropped to a highly consistent 0.02 (steps 12,000-12,300)"),
+    Reading("linearity", 2, 12300, 0.80, "linearity stabilized at ~0.80 (steps 12,000-12,300)"),
+    Reading("displacement", 2, 12300, 57.84, "the straight-line displacement was mu = 57.84"),
+    Reading("path_length", 2, 12300, 73.17, "the path length was mu = 73.17"),
+)
+
+
+def riemann_reading(key, phase, step=None):
+    """The write-up's reading of `key` in `phase` (at `step`; None = the phase's last) -> Reading or None."""
+    found = [r for r in RIEMANN_READINGS if r.key == key and r.phase == phase and (step is None or r.step == step)]
+    return max(found, key=lambda r: r.step) if found else None
