@@ -6,6 +6,7 @@
 Prints full-dimension cluster statistics (silhouette, k-NN purity, chance purity) for z_T, z_0 and, with
 --control-checkpoint (a --metric identity run on the same data), the g = I control. See geolm/apps/semantic.py.
 """
+import argparse
 import sys
 
 from geolm.core.config import ArgParser
@@ -24,8 +25,11 @@ def _parser():
     ap.add_argument("--json", default=None, help="also write the statistics to this JSON file")
     ap.add_argument("--data", default=None, help="data of the run (default: as recorded in the checkpoint)")
     ap.add_argument("--val-data", default=None, help="validation stories; default: from checkpoint / --data")
-    ap.add_argument("--max-train", type=int, default=None, help="training stories read from --data (default: recorded)")
-    ap.add_argument("--max-val", type=int, default=None, help="validation stories to sample from")
+    ap.add_argument("--max-train-stories", dest="max_train", type=int, default=None,
+                    help="training stories read from --data (default: recorded)")
+    ap.add_argument("--max-val-stories", dest="max_val", type=int, default=None, help="validation stories to sample from")
+    ap.add_argument("--max-train", dest="max_train", type=int, help=argparse.SUPPRESS)  # older spellings
+    ap.add_argument("--max-val", dest="max_val", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--lexicon", default=None, help="word<TAB>noun|verb file (default: shipped lexicon)")
     ap.add_argument("--k", type=int, default=10, help="neighbours for k-NN purity")
     ap.add_argument("--dpi", type=int, default=220, help="PNG resolution")

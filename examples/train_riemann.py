@@ -21,6 +21,7 @@ from geolm.core.config import ArgParser, add_args
 from geolm.core.errors import ConfigError, cli_main
 from geolm.apps.riemann_run import run
 from geolm.apps.riemann_settings import SECTIONS, TRAIN_DEFAULTS, resolve_configs
+from geolm.training.distributed import get_comm
 from geolm.models.riemann_config import ODE_FIELDS
 
 _UNSET = object()
@@ -70,6 +71,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg, tcfg, rc, config_file = parse(argv)
     s = run(cfg, tcfg, rc, config_file=config_file)  # Ctrl-C / SIGTERM: exit 130 / 143 after a checkpoint
+    if get_comm().rank != 0:
+        return
     print(f"validation perplexity {s['val_ppl']:.2f} on {s['val_tokens']} tokens after {s['steps']} steps "
           f"({s['s_per_step'] or float('nan'):.2f} s/step; {s['wall_s_per_step']:.2f} with evaluations)")
     print(f"data: {s['data']}")

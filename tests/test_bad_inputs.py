@@ -17,8 +17,8 @@ GEOMETRIC = ROOT / "examples" / "train_geometric.py"
 GENERATE = ROOT / "examples" / "generate.py"
 SEMANTIC = ROOT / "examples" / "semantic_map.py"
 TINY_R = ["--dim", "16", "--heads", "2", "--layers", "1", "--seq-len", "16", "--rank", "2", "--hidden", "8",
-          "--field-hidden", "16", "--steps", "2", "--batch-size", "2", "--vocab-size", "300", "--max-train", "40",
-          "--max-val", "10", "--gen-tokens", "0", "--map-points", "0"]
+          "--field-hidden", "16", "--steps", "2", "--batch-size", "2", "--vocab-size", "300", "--max-train-stories", "40",
+          "--max-val-stories", "10", "--gen-tokens", "0", "--map-points", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     comm = get_comm()
     root_only(comm, check_output_dir, out_dir)  # a file or unwritable --output fails before any work
     check_sampling(rc.temperature, rc.top_k, rc.gen_tokens)
-    say = _say(progress)
+    say = _say(progress and comm.rank == 0)
     t0 = time.perf_counter()
     data = prepare_data(cfg, rc, quiet=not progress)
     tok, nva = data["tok"], data["val_chunks"]
@@ -189,13 +189,17 @@ def run(cfg, tcfg, rc, *, progress=True, config_file=None, should_stop=None):
     full = evaluate(task, theta, comm, batches=batches_of(nva, tcfg.batch_size, 0, tok.pad_id))
     say(f"final validation perplexity {full['val_ppl'] or math.nan:.2f} over {full['n']} tokens "
         f"({data['corpus'].source})" + (f"; {full['reason']}" if "reason" in full else ""))
-    products = dict(plots=_after(_plots, say, "plots", out_dir, res["history"], cfg),
-                    semantic=_after(_semantic, say, "semantic map", out_dir, theta, cfg, spec, data, rc, tcfg.seed),
-                    story=_after(_story, say, "story", theta, cfg, spec, tok, rc, tcfg.seed))
+    products = dict(plots=None, semantic=None, story=None)
+    if comm.rank == 0:  # under MPI the products and summary.json come from rank 0 alone, like checkpoints
+        products = dict(plots=_after(_plots, say, "plots", out_dir, res["history"], cfg),
+                        semantic=_after(_semantic, say, "semantic map", out_dir, theta, cfg, spec, data, rc,
+                                        tcfg.seed),
+                        story=_after(_story, say, "story", theta, cfg, spec, tok, rc, tcfg.seed))
     if products["story"] is not None:
         atomic_write(out_dir / "story.txt", products["story"] + "\n")
         say(f"story ({rc.prompt!r}, T={rc.temperature}, top-k {rc.top_k}):\n{products['story']}")
     summary = _summary(res, full, cfg, tcfg, rc, spec, data, dict(products, growth=growth), config_file)
-    write_json(out_dir / "summary.json", summary, indent=2)
-    say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
+    if comm.rank == 0:
+        write_json(out_dir / "summary.json", summary, indent=2)
+        say(f"wrote {out_dir}/summary.json; total {time.perf_counter() - t0:.0f} s")
     return summary

@@ -277,7 +277,7 @@ def _looks_local(data):
 
 
 def _check_sizes(max_train, max_val, need_int):
-    for flag, v in (("max-train", max_train), ("max-val", max_val)):
+    for flag, v in (("max-train-stories", max_train), ("max-val-stories", max_val)):
         if v is None and need_int:
             raise ConfigError(f"--{flag}: needs a number of stories for the hub or built-in corpus, e.g. 2000")
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):

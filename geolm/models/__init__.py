@@ -8,7 +8,9 @@ A model family is a module here exposing
     forward(p, inputs, cfg, ...) -> (logits, cache)
     backward(dlogits, cache) -> dp
                             pure: returns a gradient dict nested like p (or a sub-tree of it); never writes into
-                            caller buffers, so a network run several times per step needs no special code
+                            caller buffers, so a network run several times per step needs no special code;
+                            a family may add keywords (geometric: xent=(r, y), the implicit cross-entropy factors;
+                            riemann: daux, the cotangents of the field's per-stage outputs)
     loss_and_grads(theta, grad, batch, cfg, spec, ...) -> (loss, stats)
                             zeroes grad, runs forward + backward and adds every dp into grad with
                             geolm.core.params.accumulate, the one place gradients are summed (tied or shared

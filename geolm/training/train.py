@@ -86,14 +86,14 @@ class TrainConfig:
         require(0.0 < self.backoff <= 1.0, "backoff", f"must be in (0, 1], got {self.backoff}")
 
 
-def _prepare_run_dir(run_dir, resume):
+def _prepare_run_dir(run_dir, resume, resume_hint=None):
     """Check run_dir for a new run (no checkpoints; stale metrics and snapshots removed) or a resumed one."""
     check_output_dir(run_dir)
     if resume and latest_checkpoint(run_dir) is None:
         raise CheckpointError(f"no checkpoint (ckpt_*.npz) in {run_dir} to resume; drop --resume to start a new run")
     if not resume and list_checkpoints(run_dir):
-        raise ConfigError(f"--output {run_dir} already holds checkpoints; pass --resume {run_dir} to continue "
-                          f"that run, or choose a new --output")
+        raise ConfigError(f"--output {run_dir} already holds checkpoints; pass {resume_hint or f'--resume {run_dir}'} "
+                          f"to continue that run, or choose a new --output")
     if not resume:  # left by a run that died before its first checkpoint
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         for k in list_snapshots(run_dir):
@@ -123,7 +123,7 @@ def fit(task, theta, tcfg, run_dir, *, resume=False, on_eval=None, progress=True
     require(task.n_train > 0, "max_train", "the training set is empty; pass more training data")
     run_dir = Path(run_dir)
     with thread_limit(tcfg.threads, comm):
-        root_only(comm, _prepare_run_dir, run_dir, resume)
+        root_only(comm, _prepare_run_dir, run_dir, resume, resume_hint)
         run = Run(task, theta, tcfg, run_dir, comm, on_eval=on_eval, progress=progress, extra_state=extra_state,
                   resume_hint=resume_hint, should_stop=should_stop, defer_eval=defer_eval)
         if resume:

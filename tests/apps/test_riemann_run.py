@@ -26,7 +26,8 @@ def load_example():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-TINY = ["--data", "builtin", "--max-train", "120", "--max-val", "20", "--dim", "16", "--layers", "1", "--heads", "2",
+TINY = ["--data", "builtin", "--max-train-stories", "120", "--max-val-stories", "20", "--dim", "16", "--layers", "1",
+        "--heads", "2",
         "--seq-len", "16", "--vocab-size", "300", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
         "--warmup", "2", "--val-batches", "2", "--gen-tokens", "8", "--map-points", "0", "--threads", "1"]
 ODE = ["--rank", "4", "--hidden", "8", "--field-hidden", "16", "--ode-steps", "2"]
@@ -185,3 +186,20 @@ def test_numerical_errors_reach_metrics_with_their_reason(tmp_path, monkeypatch)
     assert first["val_ppl"] == "nan" and "in evaluation (test)" in first["reason"] and "displacement" in first
     assert "reason" not in last and s["skipped"] == 1 and np.isfinite(s["val_ppl"])
     assert s["val_ppl_subset"] == last["val_ppl"] and s["val_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_two_mpi_ranks_write_and_print_once(tmp_path):
+    """Under mpiexec only rank 0 draws, samples, writes summary.json and prints the result lines."""
+    import shutil
+    exe = shutil.which("mpiexec")
+    if exe is None or importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpiexec or mpi4py not installed (pip install -e '.[mpi]')")
+    out = tmp_path / "run"
+    r = subprocess.run([exe, "-n", "2", sys.executable, str(SCRIPT)] + TINY + ODE + ["--output", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("validation perplexity") == 1, r.stdout
+    assert r.stderr.count("wrote ") == 1 and r.stderr.count("story (") == 1, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 6 and np.isfinite(s["val_ppl"])
