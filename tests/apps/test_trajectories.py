@@ -5,19 +5,9 @@ import pytest
 from geolm.apps import trajectories
 from geolm.core.errors import DataError
 from geolm.models import riemann
+from tiny_riemann import stories as _stories, tiny_model as _tiny_model
 
 
-def _tiny_model(rng, metric="lowrank", no_ode=False, scale=0.3):
-    kw = {} if no_ode else dict(rank=3, hidden=8, field_hidden=16, ode_steps=2, metric=metric)
-    cfg = riemann.RiemannConfig(vocab_size=40, n_vocab=40, dim=16, layers=1, heads=2, ff_mult=2, seq_len=16,
-                                no_ode=no_ode, **kw)
-    spec, theta = riemann.init_params(cfg, rng)
-    theta += (scale * rng.normal(size=theta.shape)).astype(theta.dtype)  # move off the identity-flow init
-    return theta, cfg, spec
-
-
-def _stories(rng, n=12):
-    return [rng.integers(0, 37, size=rng.integers(3, 40)).astype(np.int32) for _ in range(n)]
 
 
 def test_sample_positions_and_context(rng):
