@@ -223,10 +223,11 @@ def plot_limits(traj2d, q=0.01, pad=0.1):
 def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
     """A grid of panels over one x axis -> PNG at `path`.
 
-    panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label)],
-    "hollow": [(x, y, label)], "logy": bool}]: lines (a ys +- sds band where sds are given), filled and hollow
-    star markers (reference values). vlines: [(x, label)] drawn in every panel. note: text in the next free cell.
-    Non-finite points are skipped; logy applies only when every drawn value is > 0.
+    panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label[, series])],
+    "hollow": [...], "logy": bool}]: lines (a ys +- sds band where sds are given), filled and hollow star markers
+    (reference values; in the colour of the named series). vlines: [(x, label)] drawn in every panel. note: text in
+    the next free cell. Non-finite points are skipped; logy applies only when every drawn value is > 0 and they
+    span more than a factor 3.
     """
     plt = pyplot()
     n = len(panels) + bool(note)
@@ -234,26 +235,29 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
     nrows = int(math.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
     for ax, pan in zip(axes.flat, panels):
-        drawn = []
+        drawn, colors = [], {}
         for label, xy in pan.get("series", {}).items():
             px, py = _finite_pairs(xy[0], xy[1])
             if not px:
                 continue
             line, = ax.plot(px, py, lw=1.3, marker="o" if len(px) < 30 else None, ms=2.5, label=str(label))
             drawn += py
+            colors[label] = line.get_color()
             if len(xy) > 2 and xy[2] is not None:
                 bx, lo, hi = _band(xy[0], xy[1], xy[2], False)
                 if bx:
                     ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
         for key, face in (("markers", "k"), ("hollow", "none")):
-            for x, y, label in pan.get(key, ()):
+            for x, y, label, *series in pan.get(key, ()):
                 if y is None or not math.isfinite(y):
                     continue
-                ax.scatter([x], [y], marker="*", s=90, facecolors=face, edgecolors="k", zorder=5, label=label)
+                col = colors.get(series[0], "k") if series else "k"
+                ax.scatter([x], [y], marker="*", s=110, facecolors=col if face == "k" else "none", edgecolors=col,
+                           zorder=5, label=label)
                 drawn.append(y)
         for x, label in vlines:
             ax.axvline(x, color="0.4", ls="--", lw=0.9, label=label)
-        if pan.get("logy") and drawn and min(drawn) > 0.0:
+        if pan.get("logy") and drawn and min(drawn) > 0.0 and max(drawn) > 3.0 * min(drawn):
             ax.set_yscale("log")
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)

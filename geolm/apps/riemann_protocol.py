@@ -17,8 +17,8 @@ run beside the write-up's quoted values (geolm.apps.published.RIEMANN_READINGS).
 
 Telemetry is recorded at every evaluation (--eval-every, default here 50) on the fixed validation batch. When the
 phase lengths are not the write-up's (3,000 and 9,300), its values are drawn at the same place in our phases (start,
-end of phase 1, end of phase 2). log det g scales with d (it starts at d log eps, U = 0), so the write-up's log det
-values are also drawn scaled by our start over its -800.
+end of phase 1, end of phase 2). log det g grows with d (it starts at d log eps, U = 0), so at another d the
+write-up's log det values are drawn scaled by our start over its -800 (the table gives both).
 """
 import dataclasses
 import json
@@ -116,8 +116,7 @@ def plan_protocol(given, proto, config_file=None, output=DEFAULT_OUTPUT):
     n1 = proto.phase1_steps or quick.get("phase1_steps") or tcfg.steps
     n2 = proto.phase2_steps or quick.get("phase2_steps") or max(1, round(P2_RATIO * n1))
     r2 = proto.grow_to or quick.get("grow_to") or max(cfg.rank + 1, round(RANK_RATIO * cfg.rank))
-    require(n1 > 0, "phase1_steps", f"must be > 0, got {n1}")
-    require(n2 > 0, "phase2_steps", f"must be > 0, got {n2}")
+    require(n1 > 0, "phase1_steps", f"must be > 0 (the configuration gives --steps {n1})")
     require(cfg.rank < r2 <= cfg.dim, "grow_to", f"must be in ({cfg.rank}, {cfg.dim}] (above --rank {cfg.rank}, "
                                                  f"at most --dim), got {r2}")
     return Plan(Path(output), config_file and str(config_file), ov, n1, n2, cfg.rank, r2, _seeds(proto.seeds),
@@ -193,9 +192,9 @@ def _evals(d, lo, hi):
 
 
 def _summary(d):
-    p = Path(d) / "summary.json"
-    s = json.loads(p.read_text()) if p.is_file() else {}
-    return {k: s.get(k) for k in ("steps", "s_per_step", "wall_s_per_step", "seconds", "val_ppl", "growth")}
+    s = json.loads((Path(d) / "summary.json").read_text())
+    return dict(dir=str(d), **{k: s.get(k) for k in ("steps", "s_per_step", "wall_s_per_step", "seconds", "val_ppl",
+                                                     "growth")})
 
 
 def read_seed(plan, d1, d2):
@@ -210,7 +209,7 @@ def read_seed(plan, d1, d2):
                 first=pick(first), end1=pick(e1[-1] if e1 else None), end2=pick(e2[-1] if e2 else None),
                 first_step=first and first["step"], end1_step=e1[-1]["step"] if e1 else None,
                 end2_step=e2[-1]["step"] if e2 else None, start_logdet=plan.dim * math.log(plan.eps),
-                phase1=dict(dir=str(d1), **_summary(d1)), phase2=dict(dir=str(d2), **_summary(d2)))
+                phase1=_summary(d1), phase2=_summary(d2))
 
 
 def mean_sd(values):
@@ -270,14 +269,14 @@ def claims_table(plan, seeds):
 
 def format_claims(rows):
     """The claims table as aligned text lines."""
-    out = [f"{'claim':32s} {'write-up @step':>15s} {'ours mean +- sd @step':>27s}  direction reproduces (seeds)"]
+    out = [f"{'claim':36s} {'write-up @step':>15s} {'ours mean +- sd @step':>27s}  direction reproduces (seeds)"]
     for r in rows:
         w = f"{r['writeup']:g} @{r['writeup_step']}"
         ours = "n/a" if r["ours_n"] == 0 else f"{r['ours_mean']:.4g} +- {r['ours_sd']:.2g} @{r['ours_step']}"
         d = "" if r["direction"] is None else f"{r['reproduced'] or 'n/a'}: {r['direction']}"
-        out.append(f"{r['claim']:32s} {w:>15s} {ours:>27s}  {d}")
+        out.append(f"{r['claim']:36s} {w:>15s} {ours:>27s}  {d}")
         if "writeup_scaled" in r:
-            out.append(f"{'  write-up x our start / -800':32s} {r['writeup_scaled']:>15.4g}")
+            out.append(f"{'  write-up x our d log eps / -800':36s} {r['writeup_scaled']:>15.4g}")
     return "\n".join(out)
 
 
@@ -304,29 +303,31 @@ def marker_steps(plan):
 
 def plot_protocol(plan, seeds, path):
     where, same = marker_steps(plan)
-    lab = "write-up" + ("" if same else " (at the same place in our phases)")
+    lab = "write-up" + ("" if same else ", at our phase ends")
     scale = plan.dim * math.log(plan.eps) / WRITEUP_START
 
-    def marks(key, scaled=False):
-        return [(where[r.step], r.value * (scale if scaled else 1.0), lab + (" x our start/-800" if scaled else ""))
-                for r in RIEMANN_READINGS if r.key == key]
+    def marks(key, scaled=False):  # in the colour of the key's line
+        s, lb = (scale, lab + " x our d log eps / -800") if scaled else (1.0, lab)
+        return [(where[r.step], r.value * s, lb, LABELS[key]) for r in RIEMANN_READINGS if r.key == key]
 
     def series(*keys):
-        return {LABELS.get(k, k): _band(seeds, k) for k in keys}
+        return {LABELS[k]: _band(seeds, k) for k in keys}
 
+    same_d = abs(scale - 1.0) < 1e-9  # else the write-up's log det values only scaled: they grow with d
     panels = [
         dict(title="linearity D/P", series=series("linearity"), markers=marks("linearity")),
         dict(title="displacement |z_T - z_0| and path length", series=series("displacement", "path_length"),
-             markers=marks("displacement") + marks("path_length")),
+             markers=marks("displacement") + marks("path_length"), logy=True),
         dict(title="log det g = (d-r) log eps + log det K", series=series("logdet", "logdet_const", "logdet_K"),
-             markers=marks("logdet"), hollow=marks("logdet", scaled=True) if abs(scale - 1.0) > 1e-9 else []),
+             markers=marks("logdet", scaled=not same_d)),
         dict(title="fDecay |f(z_T)|/|f(z_0)|", series=series("fdecay"), markers=marks("fdecay"), logy=True),
         dict(title="validation perplexity", series=series("val_ppl"), logy=True),
     ]
     note = (f"{len(seeds)} seed(s): mean +- sd\nd {plan.dim}, rank {plan.rank} -> {plan.grow_to}\n"
             f"phase 1: {plan.phase1_steps} steps\nphase 2: {plan.phase2_steps} steps\n"
             f"write-up: d 384, rank 24 -> 64,\n  steps 3,000 and 12,300\n" + ("" if same else
-            "its values drawn at our phase\n  ends (start, end 1, end 2)"))
+            "its values drawn at our phase\n  ends (start, end 1, end 2)\n") +
+            ("" if same_d else "its log det x our d log eps / -800"))
     return plot_panels(panels, path, vlines=[(plan.phase1_steps, f"growth {plan.rank} -> {plan.grow_to}")],
                        title="Riemannian protocol: phase 1, rank growth, phase 2", note=note)
 
@@ -334,9 +335,7 @@ def plot_protocol(plan, seeds, path):
 def run_protocol(plan, progress=True, say=None):
     """Run (or resume) every seed's phases; write DIR/protocol.json and DIR/protocol.png -> the protocol dict."""
     say = say or (lambda m: print(m, file=sys.stderr, flush=True) if progress else None)
-    seeds = {}
-    for seed in plan.seeds:
-        seeds[seed] = read_seed(plan, *run_phases(plan, seed, progress=progress, say=say))
+    seeds = {seed: read_seed(plan, *run_phases(plan, seed, progress=progress, say=say)) for seed in plan.seeds}
     where, same = marker_steps(plan)
     out = dict(source=RIEMANN_SOURCE, writeup=RIEMANN_SHAPES,
                settings=dict(phase1_steps=plan.phase1_steps, phase2_steps=plan.phase2_steps, rank=plan.rank,
