@@ -40,7 +40,8 @@ from .geometric_report import aggregate_seeds, fmt, table, write_curves
 from .model_pool import balanced_bins, run_pool
 from .published import compare, run_setting
 
-__all__ = ["GeoRunConfig", "GeoJob", "run", "table", "make_task", "init_theta", "epochs_from_history", "cost"]
+__all__ = ["GeoRunConfig", "GeoJob", "run", "table", "make_task", "init_theta", "epochs_from_history", "loss_curve",
+           "cost"]
 
 # relative training cost per model (balances the process bins; unlisted models cost 44)
 COST = {"geo_attention_full": 75, "geo_attention": 62, "trigram": 56, "hybrid": 56, "neural_bigram": 52}
@@ -119,6 +120,15 @@ def epochs_from_history(history, spe):
                 out[e] = r.get("val_ppl")
     return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e]}
             for e in sorted(out)]
+
+
+def loss_curve(history, spe, per_epoch=8):
+    """[[epochs trained, mean training loss over that 1/per_epoch of an epoch]] from fit's train records."""
+    bins = {}
+    for r in history:
+        if r.get("kind") == "train" and isinstance(r.get("loss"), float) and math.isfinite(r["loss"]):
+            bins.setdefault(math.ceil(r["step"] * per_epoch / spe), []).append(r["loss"])
+    return [[b / per_epoch, float(np.mean(v))] for b, v in sorted(bins.items())]
 
 
 # ---------------------------------------------------------------------------- training and scoring
