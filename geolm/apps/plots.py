@@ -268,7 +268,7 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             uniq = dict(zip(labels, handles))
-            ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="best")
+            ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="best", framealpha=0.5)
     rest = list(axes.flat)[len(panels):]
     for ax in rest:
         ax.set_axis_off()

@@ -144,6 +144,8 @@ def test_claim_directions():
     assert r["ours_mean"] == pytest.approx(0.85) and r["ours_sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert r["ours_step"] == 1025 and rows[("logdet", 2, 12300)]["writeup_scaled"] == pytest.approx(
         0.003 * 128 * math.log(0.1) / -800)
+    flat = _seed((0.9997, 10, 11, -290, 1.1), (0.9994, 10.05, 11.05, -294, 1.1), (0.9999, 10.04, 11.02, -290, 1.1))
+    assert all(r["reproduces"] in ([False], [None]) for r in claims_table(plan, {0: flat}))  # within the 1% margin
     text = format_claims(claims_table(plan, {0: like, 1: unlike}))
     assert "fDecay << 1 after growth" in text and "1/2" in text
     assert marker_steps(plan)[0] == {0: 0, 3000: 250, 12300: 1025}
