@@ -2,8 +2,11 @@
 
 Model names: the trained geometric models (geolm.models.geometric.MODELS), the count bigram, and the kappa variants
 (KAPPA: inference-time angle/kappa weighting over a trained base model, scored with published and fitted
-coefficients as NAME and NAME_fit).
+coefficients as NAME and NAME_fit). CONTROLS maps each permutation control to the model it controls: a control is
+trained with its model's hyper-parameters (model_lrs) unless named itself.
 """
+import math
+
 from dataclasses import dataclass
 
 from ..core.config import opt, positive, require
@@ -12,9 +15,12 @@ from ..models import geometric as G
 
 TRAINED = tuple(G.MODELS)
 KAPPA = {"geo_abs_kappa": "geo_abs", "hybrid_kappa": "hybrid"}
+CONTROLS = {"geo_shuffled": "geo_abs", "geo_successor_shuffled": "geo_successor",
+            "hybrid_successor_shuffled": "hybrid_successor"}
 ALL_MODELS = ("bigram", "trigram", "neural_bigram", "geo_abs", "geo_rot", "geo_rot_nbrs", "hybrid", "hybrid_kappa",
               "geo_abs_kappa", "geo_attention", "geo_attention_full", "geo_shuffled", "geo_successor",
-              "geo_successor_shuffled")
+              "geo_successor_shuffled", "hybrid_successor", "hybrid_successor_shuffled")
+EVAL_SETS = ("val", "heldout")
 EVAL_BATCH = 512  # positions per evaluation forward: the [512, V] logits stay in cache for the exp pass
 
 
@@ -29,11 +35,20 @@ class GeoRunConfig:
     dim: int = opt(64, "MLP hidden width and attention width")
     epochs: int = opt(5, "training epochs per model")
     lr: float = opt(1e-4, "Adam learning rate (constant)")
+    model_lr: str = opt(None, "per-model learning rates overriding --lr, e.g. trigram=3e-3,geo_abs=1e-3 (a "
+                              "permutation control takes its model's rate unless named)")
     batch_size: int = opt(128, "examples per Adam step (global under MPI)")
     clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
     max_train_stories: int = opt(2000, "first N training stories")
     max_val_stories: int = opt(1000, "first N validation stories")
     kappa_holdout: int = opt(1000, "held-out training stories (after the first N) used to fit the kappa coefficients")
+    eval_on: str = opt("val", "what every epoch is scored on: val (the validation stories) or heldout (the "
+                              "--kappa-holdout training stories after the first N, never trained on: for choosing "
+                              "hyper-parameters without touching validation)")
+    tokenizer_stories: int = opt(0, "train the tokenizer and vocabulary on the first N training stories (0 = the "
+                                    "training stories): one vocabulary for runs on different amounts of data")
+    extra_data: str = opt(None, "a local file of extra training stories appended after the first N (e.g. "
+                                "train_extra_gpt4.txt.gz: GPT-4-only stories, labelled so in the data line)")
     context: int = opt(8, "context tokens per prediction")
     k: int = opt(4, "graph neighbours per token")
     coord_dim: int = opt(3, "sphere dimension of the symmetric PPMI coordinates")
@@ -62,8 +77,13 @@ class GeoRunConfig:
         require(0.0 <= self.ppmi_smoothing <= 1.0, "ppmi_smoothing", f"must be in [0, 1], got {self.ppmi_smoothing}")
         require(self.kappa_holdout >= 0 and self.clip >= 0 and self.threads >= 0 and self.jobs >= 0, "kappa_holdout",
                 "--kappa-holdout, --clip, --threads and --jobs must be >= 0")
+        require(self.eval_on in EVAL_SETS, "eval_on", f"must be one of {', '.join(EVAL_SETS)}, got {self.eval_on!r}")
+        require(self.eval_on == "val" or self.kappa_holdout > 0, "eval_on",
+                "heldout needs held-out training stories: pass --kappa-holdout N > 0")
+        require(self.tokenizer_stories >= 0, "tokenizer_stories", f"must be >= 0, got {self.tokenizer_stories}")
         model_list(self.models)
         seed_list(self.seeds)
+        model_lrs(self.model_lr)
 
 
 def model_list(models):
@@ -88,3 +108,31 @@ def seed_list(seeds):
             f"needs two or more distinct seeds >= 0 separated by commas, e.g. 0,1,2, got {seeds!r} "
             "(one seed: pass --seed)")
     return out
+
+
+def model_lrs(spec):
+    """Parse --model-lr 'name=lr,...' -> {name: lr} (names from ALL_MODELS, lr finite > 0)."""
+    if spec is None or not str(spec).strip():
+        return {}
+    out = {}
+    for item in str(spec).split(","):
+        name, sep, val = item.partition("=")
+        name = name.strip()
+        try:
+            lr = float(val)
+        except ValueError:
+            lr = float("nan")
+        require(sep == "=" and name in ALL_MODELS and math.isfinite(lr) and lr > 0, "model_lr",
+                f"needs name=lr pairs separated by commas with models from {','.join(ALL_MODELS)} and lr > 0, "
+                f"e.g. trigram=3e-3,geo_abs=1e-3; got {item.strip()!r}")
+        out[name] = lr
+    return out
+
+
+def lr_of(cfg, name):
+    """The learning rate model `name` trains with: its --model-lr entry, else its controlled model's, else --lr."""
+    table = model_lrs(cfg.model_lr)
+    for n in (name, CONTROLS.get(name)):
+        if n in table:
+            return table[n]
+    return cfg.lr

@@ -18,8 +18,9 @@ from typing import Any, Optional
 import numpy as np
 import scipy.sparse as sp
 
+from ..core.errors import ConfigError, DataError
 from ..data.batches import context_windows
-from ..data.corpus import load_corpus
+from ..data.corpus import load_corpus, read_stories
 from ..data.tokenizer import get_tokenizer
 from ..geometry.coords import sphere_coords, successor_coords
 from ..geometry.graph import neighbour_graph, topk_graph
@@ -53,22 +54,39 @@ class GeoData:
 
 
 def load_data(cfg, comm):
-    """-> dict(tok, train/val/heldout id lists, source line, provenance fields)."""
-    corpus = load_corpus(cfg.data, cfg.val_data, max_train=cfg.max_train_stories + cfg.kappa_holdout,
+    """-> dict(tok, train/val/heldout id lists, source line, provenance fields).
+
+    Training stories: the first N (--max-train-stories), then any --extra-data stories; held out: the next
+    --kappa-holdout stories; tokenizer and vocabulary: the first --tokenizer-stories stories, else the training
+    stories."""
+    n, n_ho = cfg.max_train_stories, cfg.kappa_holdout
+    corpus = load_corpus(cfg.data, cfg.val_data, max_train=max(n + n_ho, cfg.tokenizer_stories),
                          max_val=cfg.max_val_stories, seed=cfg.seed, quiet=comm.rank != 0,
                          allow_builtin=cfg.builtin_fallback)
-    train = corpus.train[: cfg.max_train_stories]
-    heldout = corpus.train[cfg.max_train_stories:]
-    ho_src = f"training stories {cfg.max_train_stories}..{cfg.max_train_stories + len(heldout) - 1}"
-    if not heldout and cfg.kappa_holdout:  # file too small: hold out the last 5 % of train (not trained on)
-        n_ho = max(1, len(train) // 20) if len(train) > 1 else 0
-        train, heldout = train[: len(train) - n_ho], train[len(train) - n_ho:]
-        ho_src = f"last {n_ho} of the training stories (held out of training: the file has no more)"
-    tok = get_tokenizer(train, cfg.vocab_size, min_frequency=cfg.min_count, cache_dir=Path(cfg.output),
+    if len(corpus.train) < cfg.tokenizer_stories:
+        raise ConfigError(f"--tokenizer-stories: the data has only {len(corpus.train)} training stories, "
+                          f"asked for {cfg.tokenizer_stories}; pass a smaller number (or 0)")
+    train = corpus.train[:n]
+    heldout = corpus.train[n:n + n_ho]
+    ho_src = f"training stories {n}..{n + len(heldout) - 1}"
+    if not heldout and n_ho:  # file too small: hold out the last 5 % of train (not trained on)
+        k = max(1, len(train) // 20) if len(train) > 1 else 0
+        train, heldout = train[: len(train) - k], train[len(train) - k:]
+        ho_src = f"last {k} of the training stories (held out of training: the file has no more)"
+    tok_texts = corpus.train[:cfg.tokenizer_stories] if cfg.tokenizer_stories else train
+    source = corpus.source
+    n_first = len(train)
+    if cfg.extra_data:
+        extra = read_stories(cfg.extra_data)
+        train = train + extra
+        source += f"; + {len(extra)} extra training stories from {cfg.extra_data}"
+    if cfg.tokenizer_stories:
+        source += f"; tokenizer and vocabulary from the first {cfg.tokenizer_stories} training stories"
+    tok = get_tokenizer(tok_texts, cfg.vocab_size, min_frequency=cfg.min_count, cache_dir=Path(cfg.output),
                         min_count=cfg.min_count)
     tr, va, ho = tok.encode_stories(train), tok.encode_stories(corpus.val), tok.encode_stories(heldout)
-    return dict(tok=tok, train=tr, val=va, heldout=ho, source=corpus.source, heldout_source=ho_src,
-                n_train=len(train), n_val=len(corpus.val), n_heldout=len(heldout))
+    return dict(tok=tok, train=tr, val=va, heldout=ho, source=source, heldout_source=ho_src,
+                n_train=len(train), n_first=n_first, n_val=len(corpus.val), n_heldout=len(heldout))
 
 
 def _allgather_obj(comm, obj):
@@ -138,13 +156,20 @@ def prepare_data(cfg, comm):
     Xtr, ytr = windows(d["train"], cfg.context, pad)
     Xva, yva = windows(d["val"], cfg.context, pad)
     Xho, yho = windows(d["heldout"], cfg.context, pad) if d["heldout"] else (None, None)
+    scored = d["val"]
+    if cfg.eval_on == "heldout":  # choosing hyper-parameters: every "val" number below is the held-out stories'
+        if Xho is None:
+            raise DataError("--eval-on heldout: no held-out training stories; pass --kappa-holdout N > 0 with a "
+                            "file that has more than --max-train-stories stories")
+        Xva, yva, scored = Xho, yho, d["heldout"]
     n_tok_val = int(len(yva))
-    info = {"source": d["source"], "train_stories": d["n_train"], "val_stories": d["n_val"], "vocab_size": V,
-            "val_tokens": n_tok_val, "unk_rate": tok.unk_rate(d["val"]), "train_unk_rate": tok.unk_rate(d["train"]),
+    info = {"source": d["source"], "train_stories": d["n_train"], "val_stories": len(scored), "vocab_size": V,
+            "eval_on": "validation" if cfg.eval_on == "val" else "held-out " + d["heldout_source"],
+            "first_train_stories": d["n_first"], "val_tokens": n_tok_val, "unk_rate": tok.unk_rate(scored), "train_unk_rate": tok.unk_rate(d["train"]),
             "train_tokens": int(len(ytr)), "heldout_stories": d["n_heldout"], "heldout_source": d["heldout_source"],
             "tokenizer_hash": tok.hash, "seconds": time.perf_counter() - t0}
-    log(f"data: {d['source']}; {d['n_train']} train / {d['n_val']} val stories, V={V}, "
-        f"{len(ytr)} train / {n_tok_val} val targets, val UNK rate {info['unk_rate']:.4f}", comm)
+    log(f"data: {d['source']}; {d['n_train']} train / {len(scored)} scored ({info['eval_on']}) stories, V={V}, "
+        f"{len(ytr)} train / {n_tok_val} scored targets, UNK rate {info['unk_rate']:.4f}", comm)
 
     t0 = time.perf_counter()
     geo = build_geometry(cfg, tok, d["train"], comm)

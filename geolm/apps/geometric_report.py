@@ -1,6 +1,6 @@
 """The geometric table's report: mean +- sd over seeds, the printed table and the validation curves (curves.png).
 
-Over seeds s = 1..n a value v_s (val_ppl, val_loss, best_val_ppl, each epoch's val_ppl and train_loss) is reported
+Over seeds s = 1..n a value v_s (val_ppl, val_loss, best_val_ppl, each epoch's val_ppl, val_loss and train_loss) is reported
 as its mean and sample standard deviation sd = sqrt(sum_s (v_s - mean)^2 / (n - 1)) over the seeds where it is
 finite (n_finite recorded as <key>_n); the per-seed entries stay under "per_seed".
 """
@@ -31,7 +31,7 @@ def mean_sd(values):
 
 
 def _epochs(entries):
-    """Per-epoch mean and sd of val_ppl and train_loss over the entries' epoch lists."""
+    """Per-epoch mean and sd of val_ppl, val_loss and train_loss over the entries' epoch lists."""
     by = {}
     for e in entries:
         for ep in e.get("epochs", []):
@@ -39,7 +39,7 @@ def _epochs(entries):
     out = []
     for k in sorted(by):
         row = {"epoch": k}
-        for key in ("val_ppl", "train_loss"):
+        for key in ("val_ppl", "val_loss", "train_loss"):
             row[key], row[key + "_sd"], _ = mean_sd([ep.get(key) for ep in by[k]])
         out.append(row)
     return out
@@ -56,6 +56,8 @@ def aggregate_seeds(per_seed):
         agg = {}
         for key in SEED_KEYS:
             agg[key], agg[key + "_sd"], agg[key + "_n"] = mean_sd([e.get(key) for e in entries])
+        if "lr" in entries[0]:
+            agg["lr"] = entries[0]["lr"]
         agg.update(epochs=_epochs(entries), params=entries[0].get("params", 0),
                    seconds=math.fsum(e.get("seconds", 0.0) for e in entries), seeds=seeds,
                    per_seed={str(s): e for s, e in zip(seeds, entries)})

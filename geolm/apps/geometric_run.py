@@ -34,7 +34,7 @@ from ..ops.losses import perplexity
 from ..training.checkpoint import latest_checkpoint
 from ..training.distributed import configure_threads, get_comm, root_only, thread_limit
 from ..training.train import Task, TrainConfig, TrainingInterrupted, fit, record_deferred, run_deferred_eval
-from .geometric_config import ALL_MODELS, EVAL_BATCH, KAPPA, TRAINED, GeoRunConfig, model_list, seed_list
+from .geometric_config import ALL_MODELS, EVAL_BATCH, KAPPA, TRAINED, GeoRunConfig, lr_of, model_list, seed_list
 from .geometric_data import GeoData, log, prepare_data
 from .geometric_report import aggregate_seeds, fmt, table, write_curves
 from .model_pool import balanced_bins, run_pool
@@ -44,7 +44,8 @@ __all__ = ["GeoRunConfig", "GeoJob", "run", "table", "make_task", "init_theta", 
            "cost"]
 
 # relative training cost per model (balances the process bins; unlisted models cost 44)
-COST = {"geo_attention_full": 75, "geo_attention": 62, "trigram": 56, "hybrid": 56, "neural_bigram": 52}
+COST = {"geo_attention_full": 75, "geo_attention": 62, "trigram": 56, "hybrid": 56, "neural_bigram": 52,
+        "hybrid_successor": 58, "hybrid_successor_shuffled": 58}
 KAPPA_COST = 9  # the two kappa variants scored on top of a trained base
 
 
@@ -106,8 +107,13 @@ def model_task(job, mc):
     return make_task(mc, d.geo["tables"][mc.table_set], d.Xtr, d.ytr, d.Xva, d.yva, d.tok.hash)
 
 
+def _val_loss(ppl):
+    return math.log(ppl) if isinstance(ppl, float) and math.isfinite(ppl) and ppl > 0 else None
+
+
 def epochs_from_history(history, spe):
-    """[{"epoch", "train_loss", "val_ppl"}] from fit's history records."""
+    """[{"epoch", "train_loss", "val_ppl", "val_loss"}] from fit's history records (train_loss: mean training loss
+    over the epoch's steps; val_loss = log val_ppl, mean NLL per target of the scored set)."""
     out = {}
     tr = {}
     for r in history:
@@ -118,8 +124,8 @@ def epochs_from_history(history, spe):
             e = int(round(r["step"] / spe))
             if r.get("val_ppl") is not None or e not in out:  # a deferred evaluation's record follows the pending one
                 out[e] = r.get("val_ppl")
-    return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e]}
-            for e in sorted(out)]
+    return [{"epoch": e, "train_loss": float(np.mean(tr[e])) if e in tr else None, "val_ppl": out[e],
+             "val_loss": _val_loss(out[e])} for e in sorted(out)]
 
 
 def loss_curve(history, spe, per_epoch=8):
@@ -166,8 +172,8 @@ def train_model(job, name, stop=None):
     cfg, comm, spe = job.cfg, job.comm, job.spe
     parallel = job.jobs > 1
     threads = 1 if parallel else cfg.threads
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant", clip=cfg.clip,
-                       seed=job.seed, threads=threads, log_every=_log_every(spe), keep_checkpoints=1)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr_of(cfg, name), schedule="constant",
+                       clip=cfg.clip, seed=job.seed, threads=threads, log_every=_log_every(spe), keep_checkpoints=1)
     mc = model_config(job, name)
     task = model_task(job, mc)
     theta = init_theta(mc, task.spec, job.seed)
@@ -184,7 +190,7 @@ def train_model(job, name, stop=None):
               resume_hint="the same command plus --resume", should_stop=stop.is_set if stop is not None else None,
               defer_eval=parallel)
     secs = time.perf_counter() - t0
-    entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"],
+    entry = {"val_ppl": res["final_val_ppl"], "val_loss": res["val_loss"], "lr": tcfg.lr,
              "epochs": epochs_from_history(res["history"], spe), "seconds": secs,
              "train_seconds": res["seconds"], "params": int(task.spec.size), "best_val_ppl": res["best_val_ppl"],
              "skipped_steps": res["skipped"], "threads": threads, "final_step": res["steps_done"]}
@@ -231,11 +237,13 @@ def merge_deferred(job, results, done):
         e = results[name]
         by_epoch = {int(round(r["step"] / spe)): r["val_ppl"] for r, _ in rows}
         known = {ep["epoch"] for ep in e["epochs"]}
-        e["epochs"] += [{"epoch": k, "train_loss": None, "val_ppl": None} for k in sorted(by_epoch) if k not in known]
+        e["epochs"] += [{"epoch": k, "train_loss": None, "val_ppl": None, "val_loss": None}
+                        for k in sorted(by_epoch) if k not in known]
         e["epochs"].sort(key=lambda ep: ep["epoch"])
         for ep in e["epochs"]:
             if ep["epoch"] in by_epoch:
                 ep["val_ppl"] = by_epoch[ep["epoch"]]
+                ep["val_loss"] = _val_loss(ep["val_ppl"])
         for r, _ in rows:
             if r["step"] == e["final_step"]:
                 e["val_loss"], e["val_ppl"] = r["val_loss"], r["val_ppl"]

@@ -220,12 +220,12 @@ def plot_limits(traj2d, q=0.01, pad=0.1):
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
 
 
-def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
+def plot_panels(panels, path, vlines=(), title="", ncols=3, note="", xlabel="step"):
     """A grid of panels over one x axis -> PNG at `path`.
 
     panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label[, series])],
-    "hollow": [...], "logy": bool}]: lines (a ys +- sds band where sds are given), filled and hollow star markers
-    (reference values; in the colour of the named series). vlines: [(x, label)] drawn in every panel. note: text in
+    "hollow": [...], "logy": bool, "logx": bool, "xlabel": str}]: lines (a ys +- sds band where sds are given),
+    filled and hollow star markers (reference values; in the colour of the named series). vlines: [(x, label)] drawn in every panel. note: text in
     the next free cell. Non-finite points are skipped; logy applies only when every drawn value is > 0 and they
     span more than a factor 3.
     """
@@ -262,7 +262,9 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note=""):
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(pan.get("title", ""), fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(pan.get("xlabel", xlabel), fontsize=8)
+        if pan.get("logx"):
+            ax.set_xscale("log")
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()

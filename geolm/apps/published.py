@@ -79,24 +79,32 @@ def figure(setting, model):
 
 def run_setting(cfg, data):
     """A run's setting from its GeoRunConfig and results.json data record."""
-    return dict(stories=int(data["train_stories"]), epochs=cfg.epochs, lr=cfg.lr, batch=cfg.batch_size,
-                dim=cfg.dim, builtin=str(data.get("source", "")).startswith("built-in"))
+    lr = "per-model (--model-lr)" if getattr(cfg, "model_lr", None) else cfg.lr
+    return dict(stories=int(data["train_stories"]), epochs=cfg.epochs, lr=lr, batch=cfg.batch_size,
+                dim=cfg.dim, builtin=str(data.get("source", "")).startswith("built-in"),
+                heldout=getattr(cfg, "eval_on", "val") == "heldout")
 
 
 def differences(ours, setting):
     """{key: (ours, published)} for each key of the setting that differs (+ "data" for the built-in generator)."""
     out = {}
     for k, v in setting.values().items():
-        same = math.isclose(ours[k], v, rel_tol=1e-12) if k == "lr" else ours[k] == v
+        if isinstance(ours[k], str):
+            same = False
+        else:
+            same = math.isclose(ours[k], v, rel_tol=1e-12) if k == "lr" else ours[k] == v
         if not same:
             out[k] = (ours[k], v)
     if ours.get("builtin"):
         out["data"] = ("built-in generator", "TinyStories")
+    if ours.get("heldout"):
+        out["scored on"] = ("held-out training stories", "validation")
     return out
 
 
 def _describe(diff):
-    return ", ".join(f"{k} {a:g} (published {b:g})" if not isinstance(a, str) else f"{k} {a} (published {b})"
+    return ", ".join(f"{k} {a} (published {b:g})" if isinstance(a, str) and not isinstance(b, str)
+                     else f"{k} {a:g} (published {b:g})" if not isinstance(a, str) else f"{k} {a} (published {b})"
                      for k, (a, b) in diff.items())
 
 

@@ -99,6 +99,8 @@ MODELS = {
     "geo_shuffled": ("mlp", "abs", 0, False, "sym_shuffled"),
     "geo_successor": ("mlp", "successor", 0, False, "succ"),
     "geo_successor_shuffled": ("mlp", "successor", 0, False, "succ_shuffled"),
+    "hybrid_successor": ("mlp", "successor", 2, False, "succ"),
+    "hybrid_successor_shuffled": ("mlp", "successor", 2, False, "succ_shuffled"),
     "geo_attention": ("attn", "none", 0, False, "sym"),
     "geo_attention_full": ("attn", "none", 0, True, "sym"),
 }
@@ -126,7 +128,7 @@ class GeoModelConfig:
             require(getattr(self, dest) >= 1, flag, f"must be >= 1, got {getattr(self, dest)}")
         require(self.V >= 1 and self.Vi > self.V, "vocab_size",
                 f"needs V >= 1 classes and Vi > V input ids (PAD after the classes), got V={self.V}, Vi={self.Vi}")
-        reads = self.n_succ if self.features == "successor" else self.n_ids
+        reads = max(self.n_succ if self.features == "successor" else 0, self.n_ids)
         require(self.C >= reads, "context", f"{self.name} reads the last {reads} context tokens, got {self.C}")
 
     @property

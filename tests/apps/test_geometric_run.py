@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import signal
@@ -109,8 +110,8 @@ def testepochs_from_history():
     h = [{"kind": "train", "step": 2, "loss": 3.0}, {"kind": "train", "step": 4, "loss": 1.0},
          {"kind": "eval", "step": 4, "val_ppl": 9.0}, {"kind": "train", "step": 6, "loss": 0.5},
          {"kind": "eval", "step": 7, "val_ppl": 8.0}]
-    assert epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0},
-                                          {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0}]
+    assert epochs_from_history(h, 4) == [{"epoch": 1, "train_loss": 2.0, "val_ppl": 9.0, "val_loss": math.log(9.0)},
+                                          {"epoch": 2, "train_loss": 0.5, "val_ppl": 8.0, "val_loss": math.log(8.0)}]
     # parallel runs: fit's pending record, then the deferred evaluation's (either order); a lost one stays None
     h2 = [{"kind": "eval", "step": 4, "val_ppl": None, "pending": True},
           {"kind": "eval", "step": 4, "val_ppl": 9.0, "deferred": True},
@@ -301,3 +302,51 @@ def test_balanced_bins_split_costs_evenly():
     assert max(loads) < 205  # the dynamic longest-first queue's makespan on these costs
     three = balanced_bins(need, 3, costs)
     assert len(three) == 3 and sorted(n for b in three for n in b) == sorted(need)
+
+
+def test_model_lr_parses_and_controls_take_their_models_rate():
+    from geolm.apps.geometric_config import lr_of, model_lrs
+    assert model_lrs(None) == {} and model_lrs("trigram=3e-3, geo_abs=1e-3") == {"trigram": 3e-3, "geo_abs": 1e-3}
+    cfg = _parse(["--lr", "1e-4", "--model-lr", "geo_abs=1e-3,hybrid_successor=3e-3,geo_successor_shuffled=3e-4"])
+    assert lr_of(cfg, "geo_abs") == lr_of(cfg, "geo_shuffled") == 1e-3  # the control follows its model
+    assert lr_of(cfg, "hybrid_successor_shuffled") == 3e-3
+    assert lr_of(cfg, "geo_successor_shuffled") == 3e-4 and lr_of(cfg, "geo_successor") == 1e-4  # named: its own
+    assert lr_of(cfg, "trigram") == 1e-4
+    for bad in ("trigram", "trigram=x", "transformer=1e-3", "trigram=-1", "trigram=nan"):
+        with pytest.raises(ConfigError, match="--model-lr: needs name=lr pairs"):
+            _parse(["--model-lr", bad])
+
+
+def test_eval_on_heldout_and_tokenizer_and_extra_flags_validate():
+    with pytest.raises(ConfigError, match="--eval-on: must be one of val, heldout"):
+        _parse(["--eval-on", "test"])
+    with pytest.raises(ConfigError, match="--eval-on: heldout needs held-out training stories"):
+        _parse(["--eval-on", "heldout", "--kappa-holdout", "0"])
+    with pytest.raises(ConfigError, match="--tokenizer-stories: must be >= 0"):
+        _parse(["--tokenizer-stories", "-1"])
+
+
+def test_heldout_scoring_tokenizer_stories_and_extra_data(tmp_path):
+    """--eval-on heldout scores the stories after the first N (not validation); --tokenizer-stories fixes one
+    vocabulary across training sizes; --extra-data appends a file's stories and says so."""
+    from geolm.apps.geometric_data import prepare_data
+    from geolm.training.distributed import get_comm
+    f = _tiny_file(tmp_path / "train.txt", n=60)
+    extra = _tiny_file(tmp_path / "extra.txt", n=7)
+    base = dict(data=str(f), val_data=str(f), max_val_stories=5, vocab_size=200, min_count=1, output=str(tmp_path))
+    comm = get_comm()
+    ho = prepare_data(GeoRunConfig(**base, max_train_stories=30, kappa_holdout=20, eval_on="heldout"), comm)
+    va = prepare_data(GeoRunConfig(**base, max_train_stories=30, kappa_holdout=20), comm)
+    assert (ho.Xva == ho.Xho).all() and len(ho.yva) == len(va.yho) and len(ho.yva) != len(va.yva)
+    assert ho.info["eval_on"].startswith("held-out training stories 30..49") and ho.info["val_stories"] == 20
+    small = prepare_data(GeoRunConfig(**base, max_train_stories=10, kappa_holdout=0, tokenizer_stories=40), comm)
+    large = prepare_data(GeoRunConfig(**base, max_train_stories=40, kappa_holdout=0, tokenizer_stories=40), comm)
+    own = prepare_data(GeoRunConfig(**base, max_train_stories=10, kappa_holdout=0), comm)
+    assert small.tok.hash == large.tok.hash != own.tok.hash and small.info["train_stories"] == 10
+    assert (small.Xva == large.Xva).all()  # the same validation targets over one vocabulary
+    plus = prepare_data(GeoRunConfig(**base, max_train_stories=10, kappa_holdout=0, tokenizer_stories=40,
+                                     extra_data=str(extra)), comm)
+    assert plus.info["train_stories"] == 17 and plus.info["first_train_stories"] == 10
+    assert "+ 7 extra training stories from" in plus.info["source"] and len(plus.ytr) > len(small.ytr)
+    with pytest.raises(ConfigError, match="--tokenizer-stories: the data has only 60 training stories"):
+        prepare_data(GeoRunConfig(**base, max_train_stories=10, kappa_holdout=0, tokenizer_stories=100), comm)
