@@ -3,8 +3,11 @@
     python examples/semantic_map.py --checkpoint runs/riemann [--control-checkpoint runs/identity] \
         [--n 200 --output semantic_map.png --data PATH --val-data PATH]
 
-Prints full-dimension cluster statistics (silhouette, k-NN purity, chance purity) for z_T, z_0 and, with
---control-checkpoint (a --metric identity run on the same data), the g = I control. See geolm/apps/semantic.py.
+Prints, in the full dimension (never on the 2-D picture), for z_T and z_0 of the model and, with
+--control-checkpoint (a --metric identity run on the same data), of the g = I control: per word class (noun, verb,
+end, other) the count, log det g (mean +- sd; for the control its own constant metric) and the isolation of the
+class centroid (distance to the nearest other class centroid / the class's RMS spread, with its chance level),
+and the silhouette and k-NN purity (with chance). --json FILE writes all of it. See geolm/apps/semantic.py.
 """
 import argparse
 import sys
@@ -67,11 +70,15 @@ def main(argv=None):
     lex = semantic.load_lexicon(args.lexicon)
     res = semantic.semantic_map(theta, cfg, spec, tok, stories, path=args.output, n=args.n, seed=args.seed,
                                 lexicon=lex, control=control, k=args.k, dpi=args.dpi)
-    print(f"endpoint classes: {res['counts']}" + (f"; control: {res['control_counts']}" if control else ""))
+    for name, meas in res["classes"].items():
+        print(semantic.format_classes(meas, title=name) + "\n")
     print(semantic.format_stats(res["stats"]))
     print(f"wrote {res['png']}; data: {source}")
     if args.json:
-        write_json(args.json, {k: res[k] for k in ("n", "counts", "stats")})
+        keys = ("n", "counts", "control_counts", "classes", "stats")
+        write_json(args.json, dict({k: res[k] for k in keys if k in res}, checkpoint=str(ck.path), data=source,
+                                   control_checkpoint=args.control_checkpoint, seed=args.seed, k=args.k), indent=1)
+        print(f"wrote {args.json}")
     return res
 
 

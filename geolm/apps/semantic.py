@@ -17,6 +17,13 @@ Statistics (in the full D dimensions, never on the 2-D picture), Euclidean dista
                 class (the usual convention); score = mean_i s_i in [-1, 1] (~0 for random labels).
     k-NN purity mean_i (1/k) #{j in kNN(i): label_j = label_i} (self excluded); its chance level with the
                 same class sizes is sum_c n_c (n_c - 1) / (N (N - 1)).
+Per class c (noun / verb / end / other), for z_T and z_0 (class_measures):
+    log det g   mean +- sample sd (ddof 1) over the class's points; for a control its own constant metric
+                (g = I: 0; alpha = 0: D log eps), none without an ODE (geolm.apps.trajectories.metric_note)
+    isolation   |mu_c - mu_nearest| / s_c: centroid mu_c, nearest other present class centroid, spread s_c the
+                RMS distance of the class's points to mu_c; its chance level is the mean over random relabellings
+                with the same class sizes (a small class's centroid is off by noise alone)
+A class with no point has no mean and no isolation, one point has no sd and no isolation (noted, never an error).
 Caveat: endpoints are labelled by the token the linear head reads off z_T, so some separation of z_T by
 class is built in by the readout itself; the g = I control (same statistics, --metric identity run) and
 z_0 are the comparisons that make a "basins carved by the metric" claim testable.
@@ -28,7 +35,8 @@ import numpy as np
 
 from ..core.errors import ConfigError, DataError
 from .plots import draw_semantic_map, plot_limits
-from .trajectories import context_batch, logdet_landscape, run_trajectories, sample_positions
+from .trajectories import (context_batch, logdet_landscape, metric_note, point_logdet, run_trajectories,
+                           sample_positions)
 
 CLASSES = ("noun", "verb", "end", "other")
 EOS_STRINGS = frozenset({"<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[eos]"})
@@ -213,6 +221,129 @@ def class_stats(points, labels, k=10, drop=("other",)):
     return out
 
 
+# ----------------------------------------------------------------------------- per-class measures
+
+def value_stats(values, labels, classes=CLASSES):
+    """Per class c: {"n", "mean", "sd", "note"} of values [N] (e.g. log det g) over the points labelled c.
+
+    sd is the sample standard deviation (ddof 1). No point: mean = sd = None; one point: sd = None (noted).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    labels = np.asarray(labels)
+    out = {}
+    for c in classes:
+        x = values[labels == c]
+        n = int(x.size)
+        out[c] = {"n": n, "mean": float(x.mean()) if n else None, "sd": float(x.std(ddof=1)) if n > 1 else None,
+                  "note": "no points" if n == 0 else ("one point: no sd" if n == 1 else "")}
+    return out
+
+
+def centroid_isolation(Z, labels, classes=CLASSES):
+    """Isolation of each class's centroid among the present classes, in the full dimension.
+
+    For class c with n_c >= 1 points z_i:  mu_c = mean_i z_i,  spread s_c = sqrt(mean_i |z_i - mu_c|^2) (RMS
+    distance to the centroid),  nearest = argmin_{c' != c, n_c' >= 1} |mu_c - mu_c'|,
+    isolation = |mu_c - mu_nearest| / s_c  (> 1: the nearest centroid lies outside the class's typical radius).
+    -> {class: {"n", "spread", "nearest", "centroid_distance", "isolation", "note"}}; isolation is None (with a
+    note) for a class with < 2 points, zero spread, or no other class present.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    labels = np.asarray(labels)
+    present = [c for c in classes if np.any(labels == c)]
+    mu = {c: Z[labels == c].mean(axis=0) for c in present}                        # {c: [D]}
+    out = {}
+    for c in classes:
+        Zc = Z[labels == c]                                                       # [n_c,D]
+        rec = {"n": int(Zc.shape[0]), "spread": None, "nearest": None, "centroid_distance": None,
+               "isolation": None, "note": ""}
+        out[c] = rec
+        if rec["n"] == 0:
+            rec["note"] = "no points"
+            continue
+        rec["spread"] = float(np.sqrt(np.mean(np.sum((Zc - mu[c]) ** 2, axis=1))))
+        others = {o: float(np.linalg.norm(mu[c] - mu[o])) for o in present if o != c}
+        if others:
+            rec["nearest"] = min(others, key=others.get)
+            rec["centroid_distance"] = others[rec["nearest"]]
+        if rec["n"] == 1:
+            rec["note"] = "one point: spread 0, isolation undefined"
+        elif not others:
+            rec["note"] = "no other class present"
+        elif rec["spread"] <= 0.0:
+            rec["note"] = "zero spread: isolation undefined"
+        else:
+            rec["isolation"] = rec["centroid_distance"] / rec["spread"]
+    return out
+
+
+def isolation_chance(Z, labels, classes=CLASSES, n_perm=50, seed=0):
+    """Mean isolation per class over n_perm random relabellings with the same class sizes (a class of few points
+    has a centroid offset by noise alone, ~ s sqrt(1/n_c + 1/n_c')): {class: float or None}."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([int(seed), 11])
+    acc = {c: [] for c in classes}
+    for _ in range(n_perm):
+        iso = centroid_isolation(Z, rng.permutation(labels), classes)
+        for c in classes:
+            if iso[c]["isolation"] is not None:
+                acc[c].append(iso[c]["isolation"])
+    return {c: float(np.mean(v)) if v else None for c, v in acc.items()}
+
+
+def class_measures(points, labels, logdet=None, metric="", k=10):
+    """Per-class measures of named point sets {name: Z [N,D]} (e.g. "z_T", "z_0") sharing labels [N].
+
+    logdet: {name: log det g [N] or None} at the same points (None: no metric). -> {"metric": metric,
+    "counts": {class: n}, name: {"logdet": value_stats or None, "isolation": centroid_isolation,
+    "isolation_chance": isolation_chance, "all": endpoint_stats over every class, "no_other": endpoint_stats
+    without "other"}}. All in the full dimension.
+    """
+    labels = np.asarray(labels)
+    logdet = logdet or {}
+    st = class_stats(points, labels, k=k)
+    out = {"metric": metric, "counts": {c: int((labels == c).sum()) for c in CLASSES}}
+    for name, Z in points.items():
+        ld = logdet.get(name)
+        out[name] = {"logdet": None if ld is None else value_stats(ld, labels),
+                     "isolation": centroid_isolation(Z, labels), "isolation_chance": isolation_chance(Z, labels),
+                     "all": st[name + "/all"], "no_other": st[name]}
+    return out
+
+
+def _pm(rec):
+    if rec is None or rec["mean"] is None:
+        return "-"
+    return f"{rec['mean']:.4g}" + (f" +- {rec['sd']:.2g}" if rec["sd"] is not None else " (n=1)")
+
+
+def _num(x, fmt=".2f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def format_classes(meas, title="model", sets=("z_T", "z_0")):
+    """A compact per-class table of class_measures output: log det g (mean +- sd) per point set, then the isolation
+    (nearest class) and its chance level per set; then each set's silhouette and k-NN purity over all classes."""
+    head = f"{'class':<6} {'n':>4}" + "".join(f" {'log det g ' + s:>19}" for s in sets) + \
+        "".join(f" {'isolation ' + s:>20} {'chance':>6}" for s in sets)
+    rows = [f"{title}: {meas['metric']}", head, "-" * len(head)]
+    for c in CLASSES:
+        r = f"{c:<6} {meas['counts'][c]:>4d}"
+        for s in sets:
+            ld = meas[s]["logdet"]
+            r += f" {_pm(None if ld is None else ld[c]):>19}"
+        for s in sets:
+            iso = meas[s]["isolation"][c]
+            near = f"{_num(iso['isolation'])} ({iso['nearest']})" if iso["isolation"] is not None else "-"
+            r += f" {near:>20} {_num(meas[s]['isolation_chance'][c]):>6}"
+        rows.append(r)
+    for s in sets:
+        a = meas[s]["all"]
+        rows.append(f"{s}: silhouette {a['silhouette']:.3f}, kNN purity {a['knn_purity']:.3f} (chance "
+                    f"{a['knn_chance']:.3f}, k = {a['k']}) over {a['n_classes']} classes")
+    return "\n".join(rows)
+
+
 def format_stats(stats):
     """A small fixed-width table of class_stats output."""
     head = f"{'points':<22} {'n':>4} {'C':>2} {'silhouette':>10} {'kNN purity':>10} {'chance':>7}"
@@ -239,31 +370,40 @@ def label_tokens(tok, pred, lexicon):
     return words, np.array(labels)
 
 
-def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
-                 k=10, grid_n=48, dpi=220, title=""):
-    """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
-    full-dimension cluster statistics and (if path) draw the map.
-
-    stories: list of model-id int arrays; tok: .decode(ids), .eos_id (also the right padding); control: optional
-    (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
-    Returns dict(stats={name: endpoint_stats}, counts={class: n}, control_counts, words, labels, png, n).
-    """
-    lexicon = load_lexicon() if lexicon is None else lexicon
-    si, pos = sample_positions(stories, n, seed=seed)
+def _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k):
+    """Trajectories of one model at the sampled positions, labelled by its own endpoint predictions."""
     ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.eos_id)
     run = run_trajectories(theta, cfg, spec, ids, col)
     words, labels = label_tokens(tok, run["pred"], lexicon)
-    stats = class_stats({"z_T": run["zT"], "z_0": run["z0"]}, labels, k=k)
-    out = {"n": int(n), "counts": {c: int((labels == c).sum()) for c in CLASSES}, "words": words,
-           "labels": labels.tolist(), "png": None}
+    pts = {"z_T": run["zT"], "z_0": run["z0"]}
+    logdet = {name: point_logdet(theta, cfg, spec, Z) for name, Z in pts.items()}
+    return run, words, labels, class_measures(pts, labels, logdet, metric_note(cfg), k=k)
+
+
+def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
+                 k=10, grid_n=48, dpi=220, title=""):
+    """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
+    full-dimension statistics and (if path) draw the map.
+
+    stories: list of model-id int arrays; tok: .decode(ids), .eos_id (also the right padding); control: optional
+    (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
+    Returns dict(stats={name: endpoint_stats}, classes={"model": class_measures, "control": ...},
+    counts={class: n}, control_counts, words, labels, png, n).
+    """
+    lexicon = load_lexicon() if lexicon is None else lexicon
+    si, pos = sample_positions(stories, n, seed=seed)
+    run, words, labels, meas = _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k)
+    stats = {name: meas[base][view] for base in ("z_T", "z_0") for name, view in ((base, "no_other"),
+                                                                                   (base + "/all", "all"))}
+    out = {"n": int(n), "counts": meas["counts"], "words": words, "labels": labels.tolist(), "png": None,
+           "classes": {"model": meas}}
     if control is not None:
         c_theta, c_cfg, c_spec = control
-        c_ids, c_col = context_batch(stories, si, pos, c_cfg.seq_len, tok.eos_id)
-        c_run = run_trajectories(c_theta, c_cfg, c_spec, c_ids, c_col)
-        _, c_labels = label_tokens(tok, c_run["pred"], lexicon)
-        c_stats = class_stats({"control z_T": c_run["zT"], "control z_0": c_run["z0"]}, c_labels, k=k)
-        stats.update(c_stats)
-        out["control_counts"] = {c: int((c_labels == c).sum()) for c in CLASSES}
+        _, _, _, c_meas = _measure(c_theta, c_cfg, c_spec, tok, stories, si, pos, lexicon, k)
+        stats.update({"control " + name: c_meas[base][view] for base in ("z_T", "z_0")
+                      for name, view in ((base, "no_other"), (base + "/all", "all"))})
+        out["control_counts"] = c_meas["counts"]
+        out["classes"]["control"] = c_meas
     out["stats"] = stats
     if path is not None:
         _, comps, mean = pca_2d(run["zT"])

@@ -1,8 +1,14 @@
 """Running a trained Riemannian ODE LM on chosen positions: sampled validation positions, their causal context
 windows, the encoder + ODE trajectories there, and log det g on arbitrary points (the semantic map's inputs).
 
-n sampled positions . T context . D model . S ODE steps . M points
+n sampled positions . T context . D model . R metric rank . S ODE steps . M points
+
+log det g by metric: learned low rank (g = eps I + alpha U^T U) -> per point; alpha = 0 -> the constant
+D log eps (g = eps I, computed through the same solve); the identity control -> 0 (g = I, its own constant
+metric, not a learned one); no ODE -> undefined (None).
 """
+import math
+
 import numpy as np
 
 from ..core.errors import DataError
@@ -72,3 +78,24 @@ def logdet_landscape(theta, cfg, spec, points, chunk=256):
         z = np.ascontiguousarray(points[i:i + chunk], dtype=dt)
         out[i:i + chunk] = riemann.field_eval(z, p["field"], cfg)["logdet"]
     return out
+
+
+def metric_note(cfg):
+    """One line saying which metric log det g belongs to (see the module docstring)."""
+    if cfg.no_ode:
+        return "no ODE (z_T = z_0): no metric, log det g undefined"
+    if cfg.metric == "identity":
+        return "g = I control: log det g = 0 at every point (its own constant metric, not a learned one)"
+    if cfg.alpha == 0.0:
+        return (f"g = eps I (alpha = 0, eps = {cfg.eps:g}): constant log det g = D log eps = "
+                f"{cfg.dim * math.log(cfg.eps):.4g}")
+    return f"learned g = eps I + alpha U^T U (r = {cfg.rank}, eps = {cfg.eps:g}, alpha = {cfg.alpha:g}): per point"
+
+
+def point_logdet(theta, cfg, spec, points):
+    """log det g at points [M,D] for any control: float64 [M], zeros for the identity metric, None without an ODE."""
+    if cfg.no_ode:
+        return None
+    if cfg.metric == "identity":
+        return np.zeros(np.shape(points)[0])
+    return logdet_landscape(theta, cfg, spec, np.asarray(points))

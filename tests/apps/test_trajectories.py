@@ -50,3 +50,21 @@ def test_logdet_landscape(rng):
     g = cfg.eps * np.eye(cfg.dim) + cfg.alpha * np.einsum("nrd,nre->nde", U, U)
     np.testing.assert_allclose(L, np.linalg.slogdet(g)[1], rtol=1e-4, atol=1e-3)
     assert trajectories.logdet_landscape(*_tiny_model(rng, metric="identity"), pts) is None
+
+
+def test_point_logdet_per_metric(rng):
+    import dataclasses
+    theta, cfg, spec = _tiny_model(rng)
+    pts = rng.normal(size=(5, cfg.dim))
+    np.testing.assert_array_equal(trajectories.point_logdet(theta, cfg, spec, pts),
+                                  trajectories.logdet_landscape(theta, cfg, spec, pts))
+    assert "learned" in trajectories.metric_note(cfg)
+    ident = _tiny_model(rng, metric="identity")
+    assert np.array_equal(trajectories.point_logdet(*ident, pts), np.zeros(5))
+    assert "g = I" in trajectories.metric_note(ident[1]) and "constant" in trajectories.metric_note(ident[1])
+    a0 = dataclasses.replace(cfg, alpha=0.0)                         # g = eps I: log det g = D log eps everywhere
+    np.testing.assert_allclose(trajectories.point_logdet(theta, a0, spec, pts), cfg.dim * np.log(cfg.eps),
+                               rtol=1e-5)
+    assert f"{cfg.dim * np.log(cfg.eps):.4g}" in trajectories.metric_note(a0)
+    plain = _tiny_model(rng, no_ode=True)
+    assert trajectories.point_logdet(*plain, pts) is None and "no metric" in trajectories.metric_note(plain[1])
