@@ -11,7 +11,8 @@ shared GPT-4-only stories are a different generator version: the point is drawn 
 and vocabulary for every size (the first --tokenizer-stories stories, default 2,000), the same validation stories,
 15 epochs, learning rates per model from --tuning (examples/tune_geometric.py's tuning.json) or --model-lr.
 Same flags as train_geometric.py. Writes OUTPUT/scaling.json, OUTPUT/scaling.png and one run per size
-(OUTPUT/n<size>/results.json); rerunning continues. With internet the write-up's own 20k setting runs directly:
+(OUTPUT/n<size>/results.json); the same command plus --resume continues. With internet the write-up's own 20k
+setting runs directly:
     python examples/train_geometric.py --dataset roneneldan/TinyStories --max-train-stories 20000 --epochs 15
 """
 import json

@@ -9,7 +9,8 @@ scored after every epoch on the --kappa-holdout training stories after the first
 stories 2,000-2,999), never on validation; each model keeps the rate with the lowest held-out perplexity at the final
 epoch. Step 2 trains the whole table at those rates for --seeds and scores validation. Same flags as
 train_geometric.py (defaults here: 15 epochs, seeds 0,1,2). Writes OUTPUT/tuning.json, OUTPUT/select/lr<lr>/ and
-OUTPUT/table/{results.json,curves.png,losses.png}; rerunning the command continues an interrupted tuning.
+OUTPUT/table/{results.json,curves.png,losses.png}; the same command plus --resume continues an
+interrupted run.
 """
 import sys
 

@@ -102,17 +102,20 @@ def _diff_cell(c):
 
 
 def table(summary):
-    """Printable final table: model, params, val ppl (mean +- sd over seeds), seconds, and beside them the
+    """Printable final table: model, params, (per-model lr), val ppl (mean +- sd over seeds), seconds, and beside them the
     published value and our difference when the run matches a published setting; then the comparison's note."""
     models = summary["models"]
     pub = summary.get("published") or {}
     show = pub.get("matched") is not None
     seeded = _seeded(models)
     w = 24 if seeded else 12
-    head = f"{'model':<24}{'params':>12}{'val ppl':>{w}}{'seconds':>10}"
+    per_model = bool((summary.get("config") or {}).get("model_lr"))
+    head = f"{'model':<24}{'params':>12}" + (f"{'lr':>8}" if per_model else "") + f"{'val ppl':>{w}}{'seconds':>10}"
     rows = [head + (f"{'published':>11}{'diff':>17}" if show else "")]
     for name, r in models.items():
-        line = f"{name:<24}{r.get('params', 0):>12,}{_ppl_cell(r):>{w}}{r.get('seconds', 0.0):>10.1f}"
+        lr = f"{r['lr']:>8g}" if isinstance(r.get("lr"), float) else f"{'-':>8}"
+        line = (f"{name:<24}{r.get('params', 0):>12,}" + (lr if per_model else "")
+                + f"{_ppl_cell(r):>{w}}{r.get('seconds', 0.0):>10.1f}")
         c = r.get("published") or {}
         if show and "published" in c:
             line += f"{c['published']:>11.2f}{_diff_cell(c):>17}"
