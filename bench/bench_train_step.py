@@ -1,12 +1,13 @@
 """One full Riemannian training step at the original's shapes: time, tokens/s, useful FLOPs vs the matmul peak,
-the split between parts, the dense-metric step, and peak memory against the number of RK4 steps.
+the split between parts, the dense-metric step, and peak memory against the number of RK4 steps and the batch.
 
     python bench/bench_train_step.py            # batch 32, seq 192, d 384, r 64, h_U 128, h_f 1536, S 4,
                                                 # 4 layers x 6 heads, vocab 4096, float32
     python bench/bench_train_step.py --quick    # tiny shapes, seconds (CI smoke test)
 
 The step = encoder forward, RK4 forward (S steps x 4 field evaluations), head + cross-entropy + penalties,
-discrete adjoint (recomputes each step's 4 stages, then their VJPs), encoder backward, global-norm clip, Adam.
+discrete adjoint (per stage, in reverse: recompute its field cache from the stored stage input, then its VJP),
+encoder backward, global-norm clip, Adam.
 
 FLOPs are counted analytically, 2*m*n*k per matmul (GEMMs only; elementwise, softmax, LayerNorm, RK4 axpys
 and Adam are not counted):
@@ -21,12 +22,15 @@ them (a field part costs 4S x (2 fwd + bwd)); the field's parts run the step's o
 blocks of riemann_field.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
 clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
 dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
-field evaluation in float32 at N = 6144, several of them live at once in the backward). At --quick shapes the
+field evaluation in float32 at N = 6144, one evaluation's live at a time in the backward). At --quick shapes the
 dense step also runs for real, so the estimate is checked against a measurement.
 On a shared machine wall time depends on what else runs; the CPU-time columns (process time of all threads,
 against the GEMM's GFLOP per CPU-second) measure efficiency without that noise (spinning BLAS threads count).
-Peak memory: tracemalloc (NumPy registers its buffers with it) in a fresh subprocess per RK4 step count, one
-step after a warm-up, minus the state held before the step (theta, grad, Adam moments, batch).
+Peak memory: tracemalloc (NumPy registers its buffers with it) in a fresh subprocess per (batch, RK4 step count),
+one step after a warm-up on one sequence, minus the state held before the step (theta, grad, Adam moments, batch),
+and the subprocess's peak resident set (maxrss: everything, the interpreter and the warm-up included).
+    python bench/bench_train_step.py --mem-only --mem-steps 4,8,16 --mem-batch 8     # against RK4 steps
+    python bench/bench_train_step.py --mem-only --mem-steps 4 --mem-batch 8,16,32    # against batch
 Page faults: minor page faults (getrusage ru_minflt) per steady-state step, in a fresh subprocess each, with a
 riemann.FieldWorkspace held over the steps (as training holds one) and with fresh allocations (workspace=None):
 the workspace exists so that the U-MLP's large blocks are not new, first-touched memory at every evaluation.
@@ -134,10 +138,10 @@ def _t(fn, args, step=False):
     return _tc(fn, args, step)[0]
 
 
-def part_times(sh, cfg, spec, theta, batch, args):
-    """(wall, CPU) seconds per training step spent in each part, each timed on its own at the step's shapes."""
+def part_times(sh, cfg, spec, theta, batch, ws, args):
+    """(wall, CPU) seconds per training step spent in each part, each timed on its own at the step's shapes (U / dU
+    buffers from the step's workspace ws, its slots as one field evaluation uses them)."""
     rf = riemann_field
-    ws = riemann.FieldWorkspace()
     p = spec.views(theta)
     B, T, D = sh["batch"], sh["seq"], sh["dim"]
     N, S = B * T, cfg.ode_steps
@@ -171,7 +175,7 @@ def part_times(sh, cfg, spec, theta, batch, args):
 
     def mlp_fwd(name):
         wb = rf.augment_fc2(pf[name], ws) if name == "U" else None  # as the step: bias inside the GEMM
-        return [rf.block_mlp_forward(z[lo:hi], pf[name], wb, ws, (0, b)) for b, (lo, hi) in enumerate(blocks)]
+        return [rf.block_mlp_forward(z[lo:hi], pf[name], wb, ws, (b,)) for b, (lo, hi) in enumerate(blocks)]
 
     def mlp_bwd(name, outs):
         dp = rf.zeros_like_tree(pf[name])
@@ -258,8 +262,8 @@ def mem_child(sh, S):
     train_step(theta, grad, adam, batch, cfg, spec, ws)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(json.dumps({"S": S, "peak_bytes": peak - base, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF)
-                      .ru_maxrss}))
+    print(json.dumps({"S": S, "batch": sh["batch"], "peak_bytes": peak - base, "workspace_bytes": ws.nbytes,
+                      "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 def faults_child(sh, mode, steps):
@@ -289,16 +293,33 @@ def page_faults(sh, steps, args):
     return out
 
 
-def memory_sweep(sh, steps, args):
+def memory_sweep(sh, steps, batches, args):
+    """One child record per (batch, S), each in a fresh process."""
     rows = []
-    for S in steps:
-        cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", str(S), "--shapes", json.dumps(sh),
-               "--threads", str(args.threads)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"memory child S={S} failed: {r.stderr.strip().splitlines()[-1:]}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    for B in batches:
+        for S in steps:
+            cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", str(S), "--shapes",
+                   json.dumps(dict(sh, batch=B)), "--threads", str(args.threads)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"memory child batch={B} S={S} failed: {r.stderr.strip().splitlines()[-1:]}")
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     return rows
+
+
+def memory_report(sh, mem):
+    """Table rows: peak per (batch, S), and the growth per added RK4 step in units of one [N,D] state."""
+    mrows = []
+    for m in mem:
+        N = m["batch"] * sh["seq"]
+        state = N * sh["dim"] * 4  # one float32 [N,D] array
+        first = next(r for r in mem if r["batch"] == m["batch"])  # the smallest S at this batch
+        extra, ds = m["peak_bytes"] - first["peak_bytes"], m["S"] - first["S"]
+        mrows.append(dict(batch=m["batch"], N=N, S=m["S"], peak_MiB=m["peak_bytes"] / 2**20,
+                          KiB_per_token=m["peak_bytes"] / N / 2**10, workspace_MiB=m["workspace_bytes"] / 2**20,
+                          maxrss_MiB=m["maxrss_kb"] / 1024, growth_per_step_MiB=extra / ds / 2**20 if ds else 0.0,
+                          states_per_step=extra / ds / state if ds else 0.0))
+    return mrows
 
 
 # ----------------------------------------------------------------------------- main
@@ -325,7 +346,7 @@ def time_step(sh, peak, args):
           f"matmul peak; per CPU-second {total / 1e9 / cpu_step:.1f} GFLOP = "
           f"{100 * total / 1e9 / cpu_step / cpeak:.1f}% of the per-core peak")
 
-    parts, pcpu, z, f = part_times(sh, cfg, spec, theta, batch, args)
+    parts, pcpu, z, f = part_times(sh, cfg, spec, theta, batch, ws, args)
     parts["other"] = max(t_step - sum(parts.values()), 0.0)
     pcpu["other"] = max(cpu_step - sum(pcpu.values()), 0.0)
     prow = []
@@ -369,7 +390,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="BLAS and Numba threads (default: all cores)")
     ap.add_argument("--dense-tokens", type=int, default=96, help="tokens on which the dense metric is timed")
     ap.add_argument("--mem-steps", default="4,8,16", help="RK4 step counts for the memory sweep ('' to skip)")
-    ap.add_argument("--mem-batch", type=int, default=8, help="batch size of the memory sweep (full shapes)")
+    ap.add_argument("--mem-batch", default="8",
+                    help="batch sizes of the memory sweep, comma-separated (full shapes; each with every --mem-steps)")
     ap.add_argument("--mem-only", action="store_true", help="run only the memory sweep")
     ap.add_argument("--faults-steps", type=int, default=3,
                     help="steady-state steps over which page faults are counted (0 to skip)")
@@ -389,8 +411,10 @@ def main(argv=None):
         sh["batch"] = args.batch
     N = sh["batch"] * sh["seq"]
     print(harness.env_header())
-    peak = harness.matmul_peak(np.float32)
-    print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
+    peak = None
+    if not args.mem_only:
+        peak = harness.matmul_peak(np.float32)
+        print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
     print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
 
     rows, parts, dm, faults = [], {}, {}, {}
@@ -405,23 +429,15 @@ def main(argv=None):
         rows.append(dict(what="minor page faults per step", workspace=fw, fresh=ff))
     steps = [int(s) for s in args.mem_steps.split(",") if s.strip()]
     if steps:
-        msh = dict(sh, batch=sh["batch"] if args.quick else args.mem_batch)
-        mem = memory_sweep(msh, steps, args)
-        Nm = msh["batch"] * msh["seq"]
-        bnd = Nm * msh["dim"] * 4
-        print(f"\npeak traced memory of one step (batch {msh['batch']}, N={Nm}; one boundary state = "
-              f"{bnd / 2**20:.2f} MiB)")
-        mrows = []
-        for m in mem:
-            extra = m["peak_bytes"] - mem[0]["peak_bytes"]
-            nb = (m["S"] - mem[0]["S"]) * bnd
-            mrows.append(dict(S=m["S"], peak_MiB=m["peak_bytes"] / 2**20, growth_MiB=extra / 2**20,
-                              boundary_states_MiB=nb / 2**20, growth_per_boundary=extra / nb if nb else 0.0,
-                              maxrss_MiB=m["maxrss_kb"] / 1024))
-            rows.append(dict(what=f"peak memory S={m['S']}", bytes=m["peak_bytes"]))
-        harness.report(mrows)
-        print("growth_per_boundary ~ 1 means the extra memory of more RK4 steps is the stored boundary states "
-              "(plus per-stage scalars), not per-stage caches")
+        batches = [sh["batch"]] if args.quick else [int(b) for b in args.mem_batch.split(",") if b.strip()]
+        mem = memory_sweep(sh, steps, batches, args)
+        print(f"\npeak traced memory of one step (seq {sh['seq']}; one [N,D] float32 state = N x "
+              f"{sh['dim'] * 4 / 2**10:.1f} KiB); maxrss = the process's peak resident memory")
+        harness.report(memory_report(sh, mem))
+        rows += [dict(what=f"peak memory batch={m['batch']} S={m['S']}", bytes=m["peak_bytes"],
+                      maxrss_bytes=m["maxrss_kb"] * 1024) for m in mem]
+        print("states_per_step: the extra memory of one more RK4 step in [N,D] states (the adjoint stores each "
+              "step's boundary state and its 3 stage inputs: ~4, plus per-stage scalars), not per-stage caches")
     harness.write_json(args, dict(shapes=sh, peak_gflops=peak, rows=rows, parts=parts, dense=dm,
                                   page_faults=faults))
 

@@ -143,16 +143,16 @@ def _check_ids(ids, cfg):
                           f"{ids.shape}; crop the context or raise --seq-len")
 
 
-def _stage_fields(cfg, workspace):
-    """The field bound to cfg, one per RK4 stage (each stage's caches in its own workspace slots)."""
-    return tuple(functools.partial(field_forward, cfg=cfg, workspace=workspace, stage=i) for i in range(4))
+def _bound_field(cfg, workspace):
+    """field_forward bound to cfg and the run's workspace (one cache live at a time: the RK4 adjoint's order)."""
+    return functools.partial(field_forward, cfg=cfg, workspace=workspace)
 
 
 def flow(z0, p, cfg, workspace=None):
     """z0 [N,D] -> (zT, traj [S+1,N,D], aux {name: [S,4,N]}, ode cache or None)."""
     if cfg.no_ode:
         return z0, z0[None], {}, None
-    return rk4_forward(_stage_fields(cfg, workspace), z0, p["field"], 0.0, 1.0, cfg.ode_steps,
+    return rk4_forward(_bound_field(cfg, workspace), z0, p["field"], 0.0, 1.0, cfg.ode_steps,
                        field_eval=functools.partial(field_forward_nocache, cfg=cfg, workspace=workspace))
 
 
@@ -205,7 +205,7 @@ def backward(dlogits, cache, daux=None):
     if cfg.no_ode:
         dz0 = dzT
     else:
-        dz0, dpfield = rk4_backward(dzT, None, daux or None, code, _stage_fields(cfg, workspace), field_backward)
+        dz0, dpfield = rk4_backward(dzT, None, daux or None, code, _bound_field(cfg, workspace), field_backward)
         dp["field"] = dpfield
     dpenc = encoder_backward(dz0.reshape(B, T, cfg.dim), cenc)  # z0 = h.reshape(N, D)
     if "enc" in dp:  # tied head: wte is both the embedding and the output matrix

@@ -16,10 +16,11 @@ size h_U, or the block size for dW) large enough for BLAS. The U-MLP's bias ride
 y = [a, 1] @ [W2; b2], and [dW2; db2] = [a, 1]^T dy is one GEMM: no separate pass over the large output.
 
 Workspace. The U-MLP's output blocks (n x R*D, the largest arrays of a training step) and its augmented
-activations live in the field caches across one RK4 step's adjoint. Fresh arrays that large are new mmapped
-memory each time, paid again in first-touch page faults at every evaluation. A FieldWorkspace, created by the
-caller and passed in, owns reusable buffers in named slots instead; None means fresh allocations (the same
-numbers, more page faults).
+activations live in a field cache until its VJP (the RK4 adjoint recomputes one stage's cache right before that
+stage's VJP, so one cache is live at a time). Fresh arrays that large are new mmapped memory each time, paid
+again in first-touch page faults at every evaluation. A FieldWorkspace, created by the caller and passed in, owns
+reusable buffers in named slots instead (one set: N x R*D for the blocks of one cache); None means fresh
+allocations (the same numbers, more page faults).
 """
 import math
 
@@ -37,13 +38,13 @@ FIELD_BLOCK = 512
 class FieldWorkspace:
     """Reusable buffers of the field, each owned by one named slot.
 
-    Slots: (stage, block, role) for arrays a field cache holds (the U-MLP's augmented activations "a1" and output
-    "u" of token block `block` at RK4 stage `stage`); ("sweep", role) for the same arrays in a cache-free
-    evaluation; (mlp, role) for temporaries that are dead when the call taking them returns. take() hands out a
-    slot's buffer (grown when too small), overwriting what the slot held: a cache built at stage i stays valid
-    until the next evaluation at stage i. In the RK4 adjoint that comes after the cache's VJP (rk4_backward
-    recomputes a step's four stages, runs their VJPs, then moves on), and field_backward checks its slots were
-    not taken since (GeolmError otherwise). One workspace serves one evaluation at a time: keep one per run.
+    Slots: (block, role) for arrays a field evaluation makes (the U-MLP's augmented activations "a1" and output
+    "u" of token block `block`; a cache-free evaluation reuses block 0's for every block); (mlp, role) for
+    temporaries that are dead when the call taking them returns. take() hands out a slot's buffer (grown when too
+    small), overwriting what the slot held: a field cache stays valid until the next field evaluation with the
+    same workspace. In the RK4 adjoint that comes after the cache's VJP (rk4_backward recomputes one stage's cache
+    right before its VJP), and field_backward checks its slots were not taken since (GeolmError otherwise). One
+    workspace serves one evaluation at a time: keep one per run.
     """
 
     def __init__(self):
@@ -154,20 +155,19 @@ def zeros_like_tree(p):
 # ---------------------------------------------------------------------------------------------------------------
 # the field
 
-def field_forward(z, p, cfg, workspace=None, stage=0):
+def field_forward(z, p, cfg, workspace=None):
     """z [N,D] -> (v [N,D], aux {"f2": |f|^2 [N], "logdet": log det g [N] (not for identity)}, cache).
-    stage: the RK4 stage (0-3) whose workspace slots hold the cache's blocks."""
-    return _field_blocks(z, p, cfg, workspace, stage)
+    The cache's blocks live in the workspace's slots until the next evaluation with that workspace."""
+    return _field_blocks(z, p, cfg, workspace, True)
 
 
 def field_forward_nocache(z, p, cfg, workspace=None):
     """field_forward without a cache (the RK4 forward sweep): z [N,D] -> (v [N,D], aux)."""
-    v, aux, _ = _field_blocks(z, p, cfg, workspace, None)
+    v, aux, _ = _field_blocks(z, p, cfg, workspace, False)
     return v, aux
 
 
-def _field_blocks(z, p, cfg, ws, stage):
-    keep = stage is not None
+def _field_blocks(z, p, cfg, ws, keep):
     N, D = z.shape
     v = np.empty_like(z)  # [N,D]
     aux = {"f2": np.empty(N, z.dtype)}
@@ -187,7 +187,7 @@ def _field_blocks(z, p, cfg, ws, stage):
             if keep:
                 blocks.append((lo, hi, cf, None, None, f))
             continue
-        slot = (stage, b) if keep else ("sweep",)
+        slot = (b,) if keep else (0,)  # without a cache, each block's buffers are dead after its solve
         u, cu = block_mlp_forward(zb, p["U"], wb, ws, slot)  # [n,D] -> [n,R*D]
         U = u.reshape(hi - lo, cfg.rank, D)  # [n,R*D] -> [n,R,D]
         vb, logdet, cm = solve(U, f, cfg.eps, cfg.alpha)

@@ -1,5 +1,6 @@
 """RK4 solver and its discrete adjoint: order on an exact linear ODE, adjoint vs central differences
-(with aux and boundary cotangents), vs an explicitly unrolled backward, S = 1, dtypes, errors."""
+(with aux and boundary cotangents), vs an explicitly unrolled backward, S = 1, dtypes, errors, and the adjoint's
+memory (one stage's field cache alive at a time, recomputed at the forward's stage inputs)."""
 import numpy as np
 import pytest
 import scipy.linalg
@@ -200,31 +201,47 @@ def test_bad_steps_raise():
         rk4_forward(linear_forward, z0, {"A": np.eye(2)}, 0.0, 1.0, 2.5)
 
 
-def test_per_stage_fields(rng):
-    """A tuple of four field functions: stage i calls the i-th (in the order 1..4 per step, forward and adjoint),
-    with the same result as one function."""
-    z0 = rng.standard_normal((3, 3))
-    p = _mlp_params(rng, 3, 5)
-    calls = []
+class _Cache:
+    """A field cache that counts how many of its kind are alive (CPython frees it when the last reference goes)."""
+    live, peak = 0, 0
 
-    def staged(i):
-        def field(z, p):
-            calls.append(i)
-            return mlp_field_forward(z, p)
-        return field
+    def __init__(self, inner):
+        self.inner = inner
+        _Cache.live += 1
+        _Cache.peak = max(_Cache.peak, _Cache.live)
 
-    fields = tuple(staged(i) for i in range(4))
-    zT, traj, aux, cache = rk4_forward(mlp_field_forward, z0, p, 0.0, 1.0, 2)
-    zT2, traj2, aux2, cache2 = rk4_forward(fields, z0, p, 0.0, 1.0, 2)
-    assert calls == [0, 1, 2, 3] * 2
-    np.testing.assert_array_equal(traj, traj2)
-    np.testing.assert_array_equal(aux["f2"], aux2["f2"])
-    g = rk4_backward(zT, None, None, cache, mlp_field_forward, mlp_field_backward)
-    g2 = rk4_backward(zT, None, None, cache2, fields, mlp_field_backward)
-    assert calls == [0, 1, 2, 3] * 4
-    np.testing.assert_array_equal(g[0], g2[0])
-    ev = tuple(lambda z, p, f=f: f(z, p)[:2] for f in fields)
-    rk4_forward(fields, z0, p, 0.0, 1.0, 1, field_eval=ev)
-    assert calls == [0, 1, 2, 3] * 5
-    with pytest.raises(ConfigError, match="tuple of 4"):
-        rk4_forward(fields[:3], z0, p, 0.0, 1.0, 1)
+    def __del__(self):
+        _Cache.live -= 1
+
+
+def test_adjoint_holds_one_stage_cache_at_a_time(rng):
+    """The backward recomputes each stage's cache from the stage input the forward stored (the same points, bit
+    for bit) right before its VJP, and drops it after: never two field caches alive at once, 4 S recomputations."""
+    N, D, H, S = 3, 4, 5, 3
+    z0 = rng.standard_normal((N, D))
+    p = _mlp_params(rng, D, H)
+    points = []
+
+    def fwd(z, p):
+        points.append(z.copy())
+        dz, aux, c = mlp_field_forward(z, p)
+        return dz, aux, _Cache(c)
+
+    def bwd(ddz, daux, cache):
+        return mlp_field_backward(ddz, daux, cache.inner)
+
+    zT, traj, aux, cache = rk4_forward(fwd, z0, p, 0.0, 1.0, S)
+    assert _Cache.live == 0  # the forward sweep keeps no cache
+    forward_points = points[:]
+    points.clear()
+    _Cache.peak = 0
+    daux = {k: rng.standard_normal(v.shape) for k, v in aux.items()}
+    dz0, dp = rk4_backward(zT, None, daux, cache, fwd, bwd)
+    assert _Cache.peak == 1 and _Cache.live == 0
+    # the adjoint visits steps S..1 and, within a step, stages 4..1, each at its forward point
+    order = [4 * s + i for s in reversed(range(S)) for i in (3, 2, 1, 0)]
+    assert len(points) == 4 * S
+    for got, k in zip(points, order):
+        np.testing.assert_array_equal(got, forward_points[k])
+    dz0u, dpu = _unrolled(z0, p, 1.0 / S, S, zT, np.zeros((S + 1, N, D)), daux)
+    np.testing.assert_allclose(dz0, dz0u, rtol=1e-12, atol=1e-12)
