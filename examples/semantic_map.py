@@ -17,6 +17,7 @@ from geolm.core.errors import CheckpointError, ConfigError, cli_main
 from geolm.core.io import write_json
 from geolm.apps import semantic
 from geolm.apps.riemann_load import load_model
+from geolm.apps.trajectories import validation_stories
 
 
 def _parser():
@@ -40,19 +41,6 @@ def _parser():
     return ap
 
 
-def _val_stories(ck, tok, args):
-    from geolm.data.corpus import load_corpus
-
-    ex = ck.extra
-    data = args.data or ex.get("data")
-    if data is None:
-        raise CheckpointError(f"checkpoint {ck.path} does not record its data; pass --data (and --val-data)")
-    n_train = args.max_train or ex.get("max_train_stories", ex.get("max_train"))  # older runs: the old names
-    n_val = args.max_val or ex.get("max_val_stories", ex.get("max_val"))
-    corpus = load_corpus(data, args.val_data or ex.get("val_data"), max_train=n_train, max_val=n_val, quiet=True)
-    return tok.encode_stories(corpus.val), corpus.source
-
-
 @cli_main
 def main(argv=None):
     args = _parser().parse_args(argv)
@@ -66,7 +54,7 @@ def main(argv=None):
             raise CheckpointError("the control checkpoint uses another tokenizer; train it on the same --data "
                                   "and --vocab-size")
         control = (c_theta, c_cfg, c_spec)
-    stories, source = _val_stories(ck, tok, args)
+    stories, source = validation_stories(ck, tok, args.data, args.val_data, args.max_train, args.max_val)
     lex = semantic.load_lexicon(args.lexicon)
     res = semantic.semantic_map(theta, cfg, spec, tok, stories, path=args.output, n=args.n, seed=args.seed,
                                 lexicon=lex, control=control, k=args.k, dpi=args.dpi)

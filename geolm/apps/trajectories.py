@@ -11,9 +11,23 @@ import math
 
 import numpy as np
 
-from ..core.errors import DataError
+from ..core.errors import CheckpointError, DataError
+from ..data.corpus import load_corpus
 from ..models import riemann
 from ..ops.transformer import encoder_forward
+
+
+def validation_stories(ck, tok, data=None, val_data=None, max_train=None, max_val=None):
+    """The validation stories of a loaded checkpoint's run, as model ids: its recorded data (or `data`,
+    `val_data`, story counts given) -> (list of int arrays, the corpus source line)."""
+    ex = ck.extra
+    data = data or ex.get("data")
+    if data is None:
+        raise CheckpointError(f"checkpoint {ck.path} does not record its data; pass --data (and --val-data)")
+    n_train = max_train or ex.get("max_train_stories", ex.get("max_train"))  # older runs: the old names
+    n_val = max_val or ex.get("max_val_stories", ex.get("max_val"))
+    corpus = load_corpus(data, val_data or ex.get("val_data"), max_train=n_train, max_val=n_val, quiet=True)
+    return tok.encode_stories(corpus.val), corpus.source
 
 
 def sample_positions(stories, n, seed=0, end_frac=0.125):
