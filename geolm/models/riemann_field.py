@@ -27,8 +27,7 @@ import math
 import numpy as np
 
 from ..core.errors import GeolmError
-from ..ops.activations import gelu_backward, gelu_forward
-from ..ops.linear import linear_forward
+from ..ops.activations import gelu_bias_backward, gelu_bias_forward
 from ..ops.metric import dense_metric_backward, dense_metric_forward, metric_solve_backward, metric_solve_forward
 from ..ops.mlp import mlp_forward, mlp_shapes
 
@@ -101,28 +100,33 @@ def _gemm_acc(a, b, c, ws, key):
 
 
 def augment_fc2(p, ws=None):
-    """[W2; b2] [F+1,O] of an MLP's last layer (workspace slot ("U", "wb"))."""
+    """[W2; b2] [F+1,O] of an MLP's last layer: a read-only view when b2 follows W2 in memory (as in a flat
+    parameter buffer), else a copy in workspace slot ("U", "wb")."""
     w, b = p["fc2"]["w"], p["fc2"]["b"]
-    wb = _take(ws, ("U", "wb"), (w.shape[0] + 1, w.shape[1]), w.dtype)
+    shape = (w.shape[0] + 1, w.shape[1])
+    if (w.flags.c_contiguous and b.flags.c_contiguous and b.dtype == w.dtype and w.base is not None
+            and b.ctypes.data == w.ctypes.data + w.nbytes):
+        return np.lib.stride_tricks.as_strided(w, shape=shape, strides=w.strides, writeable=False)
+    wb = _take(ws, ("U", "wb"), shape, w.dtype)
     wb[:-1] = w
     wb[-1] = b
     return wb
 
 
-def block_mlp_forward(x, p, wb=None, ws=None, slot=None):
+def block_mlp_forward(x, p, wb=None, ws=None, slot=None, grad=True):
     """GELU MLP x [n,I] -> (y [n,O], cache). With wb = augment_fc2(p): y = [a, 1] @ [W2; b2], the augmented
-    activations and y in workspace slots slot + ("a1",) and slot + ("u",)."""
-    h, _ = linear_forward(x, **p["fc1"])  # [n,I] -> [n,F]
-    a, ca = gelu_forward(h)  # [n,F]
+    activations and y in workspace slots slot + ("a1",) and slot + ("u",). grad=False: no GELU derivative is kept
+    (the cache is then for nothing but its outputs)."""
+    h = np.matmul(x, p["fc1"]["w"])  # [n,I] @ [I,F] -> [n,F]; its bias is added in the GELU pass
+    n, F = h.shape
     if wb is None:
+        a, ca = gelu_bias_forward(h, p["fc1"]["b"], out=h, grad=grad)  # a = gelu(h + b1), over h
         y = np.matmul(a, p["fc2"]["w"])  # [n,F] -> [n,O]
         y += p["fc2"]["b"]
         return y, (x, ca, a, p)
-    n, F = a.shape
-    a1 = _take(ws, slot + ("a1",), (n, F + 1), a.dtype)
-    a1[:, :F] = a
-    a1[:, F] = 1.0
-    y = np.matmul(a1, wb, out=_take(ws, slot + ("u",), (n, wb.shape[1]), a.dtype))  # [n,F+1] @ [F+1,O] -> [n,O]
+    a1 = _take(ws, slot + ("a1",), (n, F + 1), h.dtype)
+    _, ca = gelu_bias_forward(h, p["fc1"]["b"], out=a1, grad=grad)  # a1 = [gelu(h + b1), 1]
+    y = np.matmul(a1, wb, out=_take(ws, slot + ("u",), (n, wb.shape[1]), h.dtype))  # [n,F+1] @ [F+1,O] -> [n,O]
     return y, (x, ca, a1, p)
 
 
@@ -140,10 +144,9 @@ def block_mlp_backward(dy, cache, dp, ws=None, name="f"):
         dp["fc2"]["w"] += g[:-1]  # [F+1,n] @ [n,O] -> [F+1,O]
         dp["fc2"]["b"] += g[-1]
     da = np.matmul(dy, w2.T)  # [n,O] @ [O,F] -> [n,F]
-    dh = gelu_backward(da, ca)  # a = gelu(h)
-    # h = x W1 + b1
+    dh, db1 = gelu_bias_backward(da, ca, out=da)  # a = gelu(h + b1), h = x W1:  dh = da gelu'(h + b1)
     _gemm_acc(x, dh, dp["fc1"]["w"], ws, (name, "fc1.dw"))
-    dp["fc1"]["b"] += dh.sum(axis=0)
+    dp["fc1"]["b"] += db1
     return np.matmul(dh, p["fc1"]["w"].T)  # [n,F] @ [F,I] -> [n,I]
 
 
@@ -180,7 +183,7 @@ def _field_blocks(z, p, cfg, ws, keep):
     for b, lo in enumerate(range(0, N, FIELD_BLOCK)):
         hi = min(N, lo + FIELD_BLOCK)
         zb = z[lo:hi]  # [n,D]
-        f, cf = block_mlp_forward(zb, p["f"])  # [n,D] -> [n,D]
+        f, cf = block_mlp_forward(zb, p["f"], grad=keep)  # [n,D] -> [n,D]
         aux["f2"][lo:hi] = np.einsum("nd,nd->n", f, f)  # |f|^2
         if not lowrank:
             v[lo:hi] = f
@@ -188,7 +191,7 @@ def _field_blocks(z, p, cfg, ws, keep):
                 blocks.append((lo, hi, cf, None, None, f))
             continue
         slot = (b,) if keep else (0,)  # without a cache, each block's buffers are dead after its solve
-        u, cu = block_mlp_forward(zb, p["U"], wb, ws, slot)  # [n,D] -> [n,R*D]
+        u, cu = block_mlp_forward(zb, p["U"], wb, ws, slot, grad=keep)  # [n,D] -> [n,R*D]
         U = u.reshape(hi - lo, cfg.rank, D)  # [n,R*D] -> [n,R,D]
         vb, logdet, cm = solve(U, f, cfg.eps, cfg.alpha)
         v[lo:hi] = vb

@@ -1,13 +1,26 @@
-"""Numba kernels of the low-rank metric (geolm.ops.metric): per-token BLAS/LAPACK through SciPy's pointers.
+"""Numba kernels of the low-rank metric (geolm.ops.metric): small-matrix code per token, a block of tokens at a time.
 
 N flattened tokens . R metric rank (r) . D model width (d)
 
-Per token (see geolm.ops.metric for the mathematics): syrk forms the upper (C order) triangle of U U^T, potrf
-factors K = R^T R, potrs solves with the factor, potri forms K^-1 (only for a log-det cotangent); np.dot covers
-U f, U^T s and K^-1 U. The kernels take the BLAS/LAPACK function pointers as arguments (not globals) so Numba can
-cache them. Outputs are preallocated and come first; scratch is allocated once per token range; prange runs
-over token chunks (`_metric_solve_nb`), a serial driver serves small problems (`use_parallel`).
-BLAS is limited to one thread while a kernel runs (`blas_single_thread`): the kernel is already parallel.
+Per token, U [r,d] (see geolm.ops.metric for the mathematics):
+  forward   K = eps I + alpha U U^T, upper triangle, as 4 x 4 tiles of dot products over d (`gram_upper`);
+            K = R^T R in place (`cholesky_upper`: right-looking over rows, R upper in C order);
+            s = K^-1 U f (`solve_factor`: R^T x = U f, then R s = x);  v = (f - alpha U^T s) / eps
+  backward  a = U dv. Without a log-det cotangent: t = K^-1 a (solve_factor), y = (dv - alpha U^T t) / eps,
+            dU = -alpha (t v^T + s y^T). With one (dl): K^-1 = L^T L, L = R^-T (`inverse_from_factor`),
+            t = K^-1 a, and dU = (2 alpha dl K^-1) U (one r x r x d GEMM: BLAS ?gemm through SciPy's pointer)
+            - alpha (t v^T + s y^T) (added in one pass after y).
+Only that GEMM calls BLAS: the rest is Numba code, because per-token BLAS/LAPACK calls at r ~ 64 (syrk, potrf,
+potrs, potri, gemv) cost more in call and blocking overhead than in arithmetic and gain little from wider vectors.
+Numerics: the dot products (Gram tiles, U f, U dv, the back-substitution sums) are summed with reassociation and
+FMA contraction (jit.njit_poly: vectorised partial sums); they round differently from a sequential float sum (and
+from BLAS's own order) by the same order of magnitude. Pivots: exact Cholesky pivots of K are >= eps; a pivot not
+finite or below eps/2 sets info (failing pivot + 1) and the token's outputs to 0 (the caller raises).
+Outputs are preallocated and come first; scratch is allocated once per token range; prange runs over token
+chunks (`_metric_solve_nb`), a serial driver serves small problems (`use_parallel`). BLAS is limited to one thread
+while the backward kernel runs (`blas_single_thread`): the kernel is already parallel.
+References: the per-token helpers' NumPy counterparts are np.linalg (tests/ops/test_metric_kernels.py); the whole
+solve's is geolm.ops.metric.metric_solve_ref.
 """
 import ctypes
 import functools
@@ -15,10 +28,9 @@ import math
 
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loaded before threadpoolctl looks for BLAS libraries)
-import scipy.linalg.cython_lapack  # noqa: F401
 from numba.extending import get_cython_function_address
 
-from ..core.jit import njit, njit_parallel, prange
+from ..core.jit import njit_parallel, njit_poly, prange
 
 
 @functools.cache
@@ -33,170 +45,277 @@ def blas_single_thread():
 
 
 @functools.cache
-def lapack(dtype):
-    """(potrf, potrs, potri) for dtype as ctypes function pointers into SciPy's LAPACK (Fortran ABI).
-
-    A C-order [r,r] block is the transpose in Fortran's view; for symmetric K, uplo='L' there is R upper in C
-    order with K = R^T R.
-    """
+def blas_gemm(dtype):
+    """?gemm for dtype as a ctypes function pointer into SciPy's BLAS (Fortran ABI; a pointer argument, not a
+    global, so Numba can cache the kernels that call it)."""
     pre = "s" if np.dtype(dtype) == np.float32 else "d"
-    return tuple(ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))(
-        get_cython_function_address("scipy.linalg.cython_lapack", pre + name))
-        for name, nargs in (("potrf", 5), ("potrs", 8), ("potri", 5)))
+    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(
+        get_cython_function_address("scipy.linalg.cython_blas", pre + "gemm"))
 
 
-@functools.cache
-def blas_syrk(dtype):
-    """?syrk for dtype as a ctypes function pointer into SciPy's BLAS (Fortran ABI), like lapack()."""
-    pre = "s" if np.dtype(dtype) == np.float32 else "d"
-    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 10))(
-        get_cython_function_address("scipy.linalg.cython_blas", pre + "syrk"))
+# ----------------------------------------------------------------------------- per-token helpers
+
+@njit_poly
+def gram_upper(K, U, alpha, eps):
+    """K [r,r] upper triangle = alpha U U^T + eps I for U [r,d] (the diagonal 4 x 4 tiles also write below the
+    diagonal: callers read the upper triangle only). alpha, eps in U's dtype; K may be a strided view."""
+    r, d = U.shape
+    r4 = r - r % 4
+    zero = U.dtype.type(0)
+    for i0 in range(0, r4, 4):
+        a0, a1, a2, a3 = U[i0], U[i0 + 1], U[i0 + 2], U[i0 + 3]
+        for j0 in range(i0, r4, 4):
+            b0, b1, b2, b3 = U[j0], U[j0 + 1], U[j0 + 2], U[j0 + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+            for k in range(d):  # 16 sums, vectorised over k: 8 loads per 16 FMAs
+                x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+                y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s02 += x0 * y2
+                s03 += x0 * y3
+                s10 += x1 * y0
+                s11 += x1 * y1
+                s12 += x1 * y2
+                s13 += x1 * y3
+                s20 += x2 * y0
+                s21 += x2 * y1
+                s22 += x2 * y2
+                s23 += x2 * y3
+                s30 += x3 * y0
+                s31 += x3 * y1
+                s32 += x3 * y2
+                s33 += x3 * y3
+            K[i0, j0], K[i0, j0 + 1] = alpha * s00, alpha * s01
+            K[i0, j0 + 2], K[i0, j0 + 3] = alpha * s02, alpha * s03
+            K[i0 + 1, j0], K[i0 + 1, j0 + 1] = alpha * s10, alpha * s11
+            K[i0 + 1, j0 + 2], K[i0 + 1, j0 + 3] = alpha * s12, alpha * s13
+            K[i0 + 2, j0], K[i0 + 2, j0 + 1] = alpha * s20, alpha * s21
+            K[i0 + 2, j0 + 2], K[i0 + 2, j0 + 3] = alpha * s22, alpha * s23
+            K[i0 + 3, j0], K[i0 + 3, j0 + 1] = alpha * s30, alpha * s31
+            K[i0 + 3, j0 + 2], K[i0 + 3, j0 + 3] = alpha * s32, alpha * s33
+    for i in range(r):  # the last r % 4 columns of every row (all of the last r % 4 rows' upper part)
+        for j in range(max(i, r4), r):
+            acc = zero
+            for k in range(d):
+                acc += U[i, k] * U[j, k]
+            K[i, j] = alpha * acc
+    for i in range(r):
+        K[i, i] += eps
 
 
-@njit
-def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
+@njit_poly
+def matvec(w, U, x):
+    """w [r] = U x for U [r,d], x [d]."""
+    r, d = U.shape
+    zero = U.dtype.type(0)
+    for i in range(r):
+        acc = zero
+        for k in range(d):
+            acc += U[i, k] * x[k]
+        w[i] = acc
+
+
+@njit_poly
+def rmatvec(out, U, w):
+    """out [d] = U^T w for U [r,d], w [r] (rows accumulated in order)."""
+    r, d = U.shape
+    for k in range(d):
+        out[k] = 0.0
+    for i in range(r):
+        wi = w[i]
+        for k in range(d):
+            out[k] += wi * U[i, k]
+
+
+# The factorisation and the triangular solves below update whole rows of length r (zeros outside the triangle
+# make that exact): a row operation is then one full-length vector loop, where the shortened rows of the textbook
+# loops would run mostly in scalar remainder code at r ~ 64 (at ~3x the element operations, still faster).
+
+@njit_poly
+def cholesky_upper(R, eps):
+    """In place: R [r,r] holds K in its upper triangle (anything below); on return K = R^T R, R upper
+    (strict lower triangle 0). -> (info, log det K as a float): info 0, or the failing pivot's index + 1 (a pivot
+    below eps/2 or not finite; exact pivots are >= eps; R is then partly overwritten)."""
+    r = R.shape[0]
+    for i in range(1, r):
+        for j in range(i):
+            R[i, j] = 0.0  # finite (and not subnormal) below the diagonal: the full-row updates read it
+    ld = 0.0
+    for i in range(r):
+        Ri = R[i]
+        for j in range(i):
+            Ri[j] = 0.0  # rows above updated this row's lower part: clear it before it is used
+        p = float(Ri[i])  # K_ii - sum_{k<i} R_ki^2
+        if not (p > 0.5 * eps and p < np.inf):
+            return i + 1, 0.0
+        ld += math.log(p)
+        rii = np.sqrt(Ri[i])
+        for j in range(r):
+            Ri[j] /= rii
+        for m in range(i + 1, r):  # trailing update K_mj -= R_im R_ij (j >= m is what later rows read)
+            c = Ri[m]
+            Rm = R[m]
+            for j in range(r):
+                Rm[j] -= c * Ri[j]
+    return 0, ld
+
+
+@njit_poly
+def solve_factor(R, w):
+    """In place: w [r] <- K^-1 w for K = R^T R, R [r,r] upper with zero strict lower triangle: R^T x = w
+    (forward), then R s = x (backward)."""
+    r = R.shape[0]
+    zero = R.dtype.type(0)
+    for i in range(r):
+        xi = w[i] / R[i, i]
+        Ri = R[i]
+        for j in range(r):  # w_j -= R_ij x_i for j > i (R_ij = 0 for j < i; w_i is replaced below)
+            w[j] -= Ri[j] * xi
+        w[i] = xi
+    for i in range(r - 1, -1, -1):
+        Ri = R[i]
+        acc = zero
+        for j in range(r):
+            acc += Ri[j] * w[j]
+        acc -= Ri[i] * w[i]  # sum over j > i (R_ij = 0 for j < i)
+        w[i] = (w[i] - acc) / Ri[i]
+
+
+@njit_poly
+def inverse_factor(Ri, R):
+    """Ri [r,r] = R^-1 (upper) for R [r,r] upper with zero strict lower triangle; then K^-1 = Ri Ri^T."""
+    r = R.shape[0]
+    for i in range(r - 1, -1, -1):  # row i of R Ri = I:  R_ii Ri_i = e_i - sum_{k>i} R_ik Ri_k
+        row = Ri[i]
+        for j in range(r):
+            row[j] = 0.0
+        row[i] = 1.0
+        for k in range(i + 1, r):
+            c = R[i, k]
+            Rk = Ri[k]
+            for j in range(r):
+                row[j] -= c * Rk[j]
+        rii = R[i, i]
+        for j in range(r):
+            row[j] /= rii
+
+
+# ----------------------------------------------------------------------------- token ranges
+
+@njit_poly
+def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
     """Forward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
-    r, d = U.shape[1], U.shape[2]
-    ib = np.empty(4, np.int32)  # Fortran ints: ib[0] = n = lda = ldb, ib[1] = nrhs, ib[2] = info, ib[3] = d
-    up = np.empty(2, np.uint8)
-    up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
-    up[1] = 84  # 'T'
-    one = np.ones(1, U.dtype)
-    zero = np.zeros(1, U.dtype)
-    w = np.empty(r, U.dtype)
+    d = U.shape[2]
     tmp = np.empty(d, U.dtype)
     for n in range(lo, hi):
-        Un = U[n]
-        Rn = R[n]
-        ib[0] = r
-        ib[3] = d
-        # upper (C order) triangle of U U^T: Fortran sees U as U^T [d,r], so C = A^T A with trans 'T', k = d
-        syrk(up[0:1].ctypes, up[1:2].ctypes, ib[0:1].ctypes, ib[3:4].ctypes, one.ctypes, Un.ctypes,
-             ib[3:4].ctypes, zero.ctypes, Rn.ctypes, ib[0:1].ctypes)
-        for i in range(r):
-            for j in range(i, r):
-                Rn[i, j] *= alpha_t
-            Rn[i, i] += eps_t  # K = eps I + alpha U U^T (upper triangle; potrf reads only that)
-        ib[0] = r
-        ib[1] = 1
-        ib[2] = 0
-        potrf(up.ctypes, ib[0:1].ctypes, Rn.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # K = R^T R
-        bad = ib[2]
-        ld = 0.0
-        for i in range(r):
-            piv = float(Rn[i, i]) * float(Rn[i, i])
-            if not (piv > 0.5 * eps and piv < np.inf):  # exact pivots are >= eps
-                bad = i + 1
-                break
-            ld += math.log(piv)
+        Un, Rn, sn, vn, fn = U[n], R[n], s[n], v[n], f[n]
+        gram_upper(Rn, Un, alpha_t, eps_t)  # K = eps I + alpha U U^T
+        bad, ld = cholesky_upper(Rn, eps)  # K = R^T R
         info[n] = bad
         if bad != 0:
             logdetK[n] = 0.0
-            v[n, :] = 0.0
-            s[n, :] = 0.0
+            vn[:] = 0.0
+            sn[:] = 0.0
             continue
         logdetK[n] = ld  # log det K = 2 sum log diag R
-        for i in range(1, r):
-            for j in range(i):
-                Rn[i, j] = 0.0
-        np.dot(Un, f[n], w)  # [r,d] @ [d] -> [r]
-        potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, Rn.ctypes, ib[0:1].ctypes, w.ctypes, ib[0:1].ctypes,
-              ib[2:3].ctypes)  # s = K^-1 U f
-        for i in range(r):
-            s[n, i] = w[i]
-        np.dot(w, Un, tmp)  # U^T s, [r] @ [r,d] -> [d]
+        matvec(sn, Un, fn)
+        solve_factor(Rn, sn)  # s = K^-1 U f
+        rmatvec(tmp, Un, sn)
         for j in range(d):
-            v[n, j] = (f[n, j] - alpha_t * tmp[j]) / eps_t  # v = (f - alpha U^T s) / eps
+            vn[j] = (fn[j] - alpha_t * tmp[j]) / eps_t  # v = (f - alpha U^T s) / eps
 
 
-@njit
-def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
+@njit_poly
+def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
     """Backward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
     r, d = U.shape[1], U.shape[2]
-    ib = np.empty(4, np.int32)
-    up = np.empty(1, np.uint8)
-    up[0] = 76
-    Kinv = np.empty((r, r), U.dtype)
-    t = np.empty(r, U.dtype)
+    M = np.empty((r, r), U.dtype)
+    Ri = np.empty((r, r), U.dtype)
     a = np.empty(r, U.dtype)
+    t = np.empty(r, U.dtype)
     tmp = np.empty(d, U.dtype)
+    one, zero = U.dtype.type(1), U.dtype.type(0)
+    ib = np.empty(3, np.int32)  # Fortran ints: d, r, r
+    ib[0] = d
+    ib[1] = r
+    ib[2] = r
+    tr = np.empty(1, np.uint8)
+    tr[0] = 78  # 'N'
+    sc = np.empty(2, U.dtype)  # GEMM alpha = 1, beta = 0
+    sc[0] = 1.0
+    sc[1] = 0.0
     for n in range(lo, hi):
-        Un = U[n]
-        ib[0] = r
-        ib[1] = 1
-        ib[2] = 0
-        np.dot(Un, dv[n], a)  # U dv, [r,d] @ [d] -> [r]
+        Un, dUn, sn, vn, yn, dvn = U[n], dU[n], s[n], v[n], df[n], dv[n]
+        matvec(a, Un, dvn)  # U dv
         if has_dl:
+            inverse_factor(Ri, R[n])
+            gram_upper(M, Ri, one, zero)  # K^-1 = R^-1 R^-T (upper triangle)
+            for i in range(r):
+                for j in range(i):
+                    M[i, j] = M[j, i]
+            matvec(t, M, a)  # t = K^-1 U dv
+            cl = U.dtype.type(2.0 * alpha * dlogdet[n])  # logdet = ... + log det K:  dU = 2 alpha dl K^-1 U + ...
             for i in range(r):
                 for j in range(r):
-                    Kinv[i, j] = R[n, i, j]
-            potri(up.ctypes, ib[0:1].ctypes, Kinv.ctypes, ib[0:1].ctypes, ib[2:3].ctypes)  # upper of K^-1
-            for i in range(1, r):
-                for j in range(i):
-                    Kinv[i, j] = Kinv[j, i]
-            np.dot(Kinv, a, t)  # t = K^-1 U dv
+                    M[i, j] *= cl
+            # C order dU = M U is, in Fortran's view, dU^T [d,r] = U^T [d,r] @ M^T (M symmetric)
+            gemm(tr.ctypes, tr.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, ib[2:3].ctypes, sc[0:1].ctypes,
+                 Un.ctypes, ib[0:1].ctypes, M.ctypes, ib[1:2].ctypes, sc[1:2].ctypes, dUn.ctypes, ib[0:1].ctypes)
         else:
-            for i in range(r):
-                t[i] = a[i]
-            potrs(up.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, R[n].ctypes, ib[0:1].ctypes, t.ctypes,
-                  ib[0:1].ctypes, ib[2:3].ctypes)  # t = K^-1 U dv
-        np.dot(t, Un, tmp)  # U^T t, [r] @ [r,d] -> [d]
+            t[:] = a
+            solve_factor(R[n], t)  # t = K^-1 U dv
+        rmatvec(tmp, Un, t)
         for j in range(d):
-            df[n, j] = (dv[n, j] - alpha_t * tmp[j]) / eps_t  # y = g^-1 dv
-        dUn = dU[n]
-        if has_dl:
-            np.dot(Kinv, Un, dUn)  # K^-1 U, [r,r] @ [r,d] -> [r,d]
-            cl = 2.0 * alpha * dlogdet[n]  # logdet = ... + log det K:  dU += 2 alpha dl K^-1 U
-            for i in range(r):
-                ti = alpha_t * t[i]
-                si = alpha_t * s[n, i]
+            yn[j] = (dvn[j] - alpha_t * tmp[j]) / eps_t  # y = g^-1 dv = df
+        for i in range(r):  # v = (f - alpha U^T K^-1 U f) / eps:  dU += -alpha (t v^T + s y^T)
+            ti = alpha_t * t[i]
+            si = alpha_t * sn[i]
+            row = dUn[i]
+            if has_dl:
                 for j in range(d):
-                    dUn[i, j] = cl * dUn[i, j] - ti * v[n, j] - si * df[n, j]
-        else:
-            for i in range(r):  # v = (f - alpha U^T K^-1 U f)/eps:  dU = -alpha (t v^T + s y^T)
-                ti = alpha_t * t[i]
-                si = alpha_t * s[n, i]
+                    row[j] = row[j] - ti * vn[j] - si * yn[j]
+            else:
                 for j in range(d):
-                    dUn[i, j] = -ti * v[n, j] - si * df[n, j]
+                    row[j] = -ti * vn[j] - si * yn[j]
 
+
+# ----------------------------------------------------------------------------- drivers
 
 @njit_parallel
-def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
+def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
     """Forward kernel, parallel over token chunks. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky
     factor, K = R^T R), s [N,r] (= K^-1 U f), info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d],
-    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf, potrs: see _lapack; syrk: _blas."""
+    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype."""
     N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
-        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t,
-                       eps_t, potrf, potrs, syrk)
+        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t)
 
 
-@njit
-def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk):
+@njit_poly
+def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
     """Same as _metric_solve_nb on one thread (small problems: no parallel-region overhead)."""
-    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf, potrs, syrk)
+    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t)
 
 
 @njit_parallel
-def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri):
+def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
     """Backward kernel, parallel over token chunks. Outputs dU [N,r,d], df [N,d]; inputs dv [N,d], dlogdet [N]
-    (read iff has_dl), U, v, s, R from the forward; potrs, potri: see _lapack."""
+    (read iff has_dl), U, v, s, R from the forward; gemm: blas_gemm(U.dtype)."""
     N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
         _backward_range(c * N // nchunk, (c + 1) * N // nchunk, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha,
-                        eps_t, alpha_t, potrs, potri)
+                        eps_t, alpha_t, gemm)
 
 
-@njit
-def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs,
-                                     potri):
+@njit_poly
+def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
     """Same as _metric_solve_backward_nb on one thread."""
-    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, potrs, potri)
+    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm)
 
-
-# ----------------------------------------------------------------------------- drivers
 
 PARALLEL_FLOPS = 5e7  # work (flops) from which the prange kernels are used
 
@@ -212,17 +331,17 @@ def forward_nb(v, logdetK, R, s, info, U, f, eps, alpha):
     """Forward into preallocated v [N,d], logdetK [N], R [N,r,r], s [N,r], info [N] int32 (all of U's dtype but
     info); U [N,r,d], f [N,d] C-contiguous; eps, alpha Python floats."""
     dt = U.dtype.type
-    with blas_single_thread():
-        potrf, potrs, _ = lapack(U.dtype)
-        kern = _metric_solve_nb if use_parallel(U) else _metric_solve_nb_serial
-        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), potrf, potrs, blas_syrk(U.dtype))
+    kern = _metric_solve_nb if use_parallel(U) else _metric_solve_nb_serial
+    kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps))
 
 
 def backward_nb(dU, df, dv, dlogdet, U, v, s, R, eps, alpha):
     """Backward into preallocated dU [N,r,d], df [N,d]; dlogdet [N] or None (then K^-1 is never formed)."""
     dt = U.dtype.type
     dl = dlogdet if dlogdet is not None else np.zeros(1, U.dtype)
+    kern = _metric_solve_backward_nb if use_parallel(U) else _metric_solve_backward_nb_serial
+    if dlogdet is None:
+        kern(dU, df, dv, dl, False, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype))
+        return
     with blas_single_thread():
-        _, potrs, potri = lapack(U.dtype)
-        kern = _metric_solve_backward_nb if use_parallel(U) else _metric_solve_backward_nb_serial
-        kern(dU, df, dv, dl, dlogdet is not None, U, v, s, R, alpha, dt(eps), dt(alpha), potrs, potri)
+        kern(dU, df, dv, dl, True, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype))

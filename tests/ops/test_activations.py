@@ -57,3 +57,42 @@ def test_relu_and_tanh_values():
     np.testing.assert_array_equal(A.relu_forward(x)[0], [0.0, 0.0, 3.0])
     np.testing.assert_allclose(A.tanh_forward(x)[0], np.tanh(x))
     np.testing.assert_array_equal(A.relu_backward(np.ones(3), A.relu_forward(x)[1]), [0.0, 0.0, 1.0])
+
+
+# ------------------------------------------------------------------------------------------ gelu with its bias fused
+
+def _gelu_bias(h, b):
+    y, cache = A.gelu_bias_forward(np.array(h, copy=True), b)
+    return y, cache
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4), (2, 3, 5)])
+def test_gelu_bias_gradcheck(rng, strict_float, shape):
+    check_grads(_gelu_bias, A.gelu_bias_backward,
+                {"h": rng.uniform(-3.0, 3.0, shape), "b": rng.uniform(-1.0, 1.0, shape[-1:])}, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_bias_is_gelu_of_the_sum(rng, dtype):
+    """The same function and derivative as gelu_forward / gelu_backward of h + b (float64: to rounding; float32:
+    within the tanh form's own error), dtypes kept, h untouched unless it is the output."""
+    h = (3.0 * rng.standard_normal((7, 33))).astype(dtype)
+    b = rng.standard_normal(33).astype(dtype)
+    dy = rng.standard_normal(h.shape).astype(dtype)
+    h0 = h.copy()
+    y, cache = A.gelu_bias_forward(h, b)
+    np.testing.assert_array_equal(h, h0)
+    dx, db = A.gelu_bias_backward(dy, cache)
+    y_ref, c_ref = A.gelu_forward(h + b)
+    dx_ref = A.gelu_backward(dy, c_ref)
+    assert y.dtype == dx.dtype == db.dtype == dtype and y.shape == dx.shape == h.shape and db.shape == (33,)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(db, dx_ref.sum(axis=0), rtol=tol, atol=10 * tol)
+    out = np.full((7, 34), np.nan, dtype)  # the augmented layout [y, 1]
+    y2, _ = A.gelu_bias_forward(h, b, out=out, grad=False)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(out[:, 33], 1.0)
+    y3, _ = A.gelu_bias_forward(h, b, out=h)  # in place over h
+    np.testing.assert_array_equal(y3, y)

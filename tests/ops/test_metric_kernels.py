@@ -1,0 +1,107 @@
+"""The metric kernels' per-token helpers against NumPy (np.linalg in float64), awkward sizes and both dtypes, and
+the float32 kernel at extreme settings (rank 1, r = d, eps 1e-5, alpha 100, one token) against the float64 dense
+oracle."""
+import math
+
+import numpy as np
+import pytest
+
+from geolm.ops import metric_kernels as mk
+from geolm.ops.metric import dense_metric_backward, dense_metric_forward, metric_solve_backward, metric_solve_forward
+
+SIZES = [(1, 1), (1, 7), (3, 5), (4, 4), (5, 16), (8, 3), (13, 40), (64, 384)]  # (r, d)
+
+
+def _spd(rng, r, dtype):
+    A = rng.standard_normal((r, 2 * r + 1))
+    return (A @ A.T / r + 0.1 * np.eye(r)).astype(dtype)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("r,d", SIZES)
+def test_gram_upper_matches_numpy(rng, r, d, dtype):
+    U = rng.standard_normal((r, d)).astype(dtype)
+    K = np.full((r, r), np.nan, dtype)
+    mk.gram_upper(K, U, dtype(1.7), dtype(0.3))
+    ref = 1.7 * U.astype(np.float64) @ U.T.astype(np.float64) + 0.3 * np.eye(r)
+    iu = np.triu_indices(r)
+    assert _rel(K[iu], ref[iu]) < (1e-6 if dtype == np.float32 else 1e-14)
+    Ks = np.full((r, r, 3), np.nan, dtype)  # a strided destination (one lane of a [r, r, 3] array)
+    mk.gram_upper(Ks[:, :, 1], U, dtype(1.7), dtype(0.3))
+    np.testing.assert_array_equal(Ks[:, :, 1][iu], K[iu])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("r", [1, 2, 5, 16, 17, 64])
+def test_cholesky_solve_inverse_match_numpy(rng, r, dtype):
+    K = _spd(rng, r, dtype)
+    R = np.where(np.triu(np.ones((r, r), bool)), K, np.nan).astype(dtype)  # garbage below: only the upper is read
+    info, ld = mk.cholesky_upper(R, 0.1)
+    K64 = K.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert info == 0
+    np.testing.assert_array_equal(np.tril(R, -1), 0.0)
+    assert _rel(R, np.linalg.cholesky(K64).T) < tol
+    assert ld == pytest.approx(np.linalg.slogdet(K64)[1], rel=tol)
+    w = rng.standard_normal(r).astype(dtype)
+    s = w.copy()
+    mk.solve_factor(R, s)
+    assert _rel(s, np.linalg.solve(K64, w)) < 10 * tol
+    Ri = np.full((r, r), np.nan, dtype)
+    mk.inverse_factor(Ri, R)
+    assert _rel(Ri, np.linalg.inv(R.astype(np.float64))) < 10 * tol
+    M = np.empty((r, r), dtype)
+    mk.gram_upper(M, Ri, dtype(1.0), dtype(0.0))  # K^-1 = Ri Ri^T
+    iu = np.triu_indices(r)
+    assert _rel(M[iu], np.linalg.inv(K64)[iu]) < 10 * tol
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matvec_rmatvec(rng, dtype):
+    U = rng.standard_normal((13, 37)).astype(dtype)
+    x, w = rng.standard_normal(37).astype(dtype), rng.standard_normal(13).astype(dtype)
+    out_w, out_x = np.empty(13, dtype), np.empty(37, dtype)
+    mk.matvec(out_w, U, x)
+    mk.rmatvec(out_x, U, w)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    assert _rel(out_w, U.astype(np.float64) @ x) < tol
+    assert _rel(out_x, U.T.astype(np.float64) @ w) < tol
+
+
+def test_cholesky_reports_the_failing_pivot():
+    K = np.eye(4, dtype=np.float32)
+    K[2, 2] = 0.01  # below eps / 2
+    assert mk.cholesky_upper(K.copy(), 0.1)[0] == 3
+    K[2, 2] = np.nan
+    assert mk.cholesky_upper(K.copy(), 0.1)[0] == 3
+    K[2, 2] = 1.0
+    K[1, 3] = np.inf  # reaches pivot 4 through the trailing update
+    assert mk.cholesky_upper(K.copy(), 0.1)[0] == 4
+
+
+EXTREME = [(1, 96), (96, 96), (1, 384), (384, 384), (64, 384)]  # (rank, d)
+
+
+@pytest.mark.parametrize("rank,d", EXTREME)
+@pytest.mark.parametrize("eps,alpha", [(1e-5, 100.0), (1e-5, 1.0), (1.0, 100.0)])
+def test_float32_kernel_extremes_one_token(rank, d, eps, alpha):
+    """Batch 1 (the serial driver), float32 in: v, logdet, dU, df within 1e-4 (norm-wise) of the float64 dense
+    oracle on the same rounded inputs; r = d runs in float64 inside (metric.work_dtype)."""
+    rng = np.random.default_rng(rank * 1000 + d)
+    U = (rng.standard_normal((1, rank, d)) / math.sqrt(d)).astype(np.float32)
+    f = rng.standard_normal((1, d)).astype(np.float32)
+    dv = rng.standard_normal((1, d)).astype(np.float32)
+    dl = rng.standard_normal(1).astype(np.float32)
+    v0, l0, c0 = dense_metric_forward(U.astype(np.float64), f.astype(np.float64), eps, alpha)
+    dU0, df0 = dense_metric_backward(dv.astype(np.float64), dl.astype(np.float64), c0)
+    v, l, cache = metric_solve_forward(U, f, eps, alpha)
+    dU, df = metric_solve_backward(dv, dl, cache)
+    for name, a, b in (("v", v, v0), ("logdet", l, l0), ("dU", dU, dU0), ("df", df, df0)):
+        assert a.dtype == np.float32
+        err = np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b)
+        assert err < 1e-4, (name, err)
