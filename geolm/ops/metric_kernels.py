@@ -4,21 +4,22 @@ N flattened tokens . R metric rank (r) . D model width (d)
 
 Per token, U [r,d] (see geolm.ops.metric for the mathematics):
   forward   K = eps I + alpha U U^T, upper triangle, as 4 x 4 tiles of dot products over d (`gram_upper`);
-            K = R^T R in place (`cholesky_upper`: right-looking over rows, R upper in C order);
+            K = R^T R (LAPACK ?potrf through SciPy's pointer; R upper in C order);
             s = K^-1 U f (`solve_factor`: R^T x = U f, then R s = x);  v = (f - alpha U^T s) / eps
   backward  a = U dv. Without a log-det cotangent: t = K^-1 a (solve_factor), y = (dv - alpha U^T t) / eps,
-            dU = -alpha (t v^T + s y^T). With one (dl): K^-1 = L^T L, L = R^-T (`inverse_from_factor`),
-            t = K^-1 a, and dU = (2 alpha dl K^-1) U (one r x r x d GEMM: BLAS ?gemm through SciPy's pointer)
-            - alpha (t v^T + s y^T) (added in one pass after y).
-Only that GEMM calls BLAS: the rest is Numba code, because per-token BLAS/LAPACK calls at r ~ 64 (syrk, potrf,
-potrs, potri, gemv) cost more in call and blocking overhead than in arithmetic and gain little from wider vectors.
+            dU = -alpha (t v^T + s y^T). With one (dl): K^-1 = Ri Ri^T, Ri = R^-1 (`inverse_factor`, then
+            gram_upper of Ri), t = K^-1 a, and dU = (2 alpha dl K^-1) U (one r x r x d GEMM: BLAS ?gemm through
+            SciPy's pointer) - alpha (t v^T + s y^T) (added in one pass after y).
+The syrk, gemv, potrs and potri calls per token of a BLAS/LAPACK chain cost more in call and blocking overhead than
+in arithmetic at r ~ 64 and gain little from wider vectors (potri most of all); the Gram tiles, R^-1, the solves
+and the vector products are Numba code, and only potrf and the log-det GEMM stay in LAPACK/BLAS (faster there).
 Numerics: the dot products (Gram tiles, U f, U dv, the back-substitution sums) are summed with reassociation and
 FMA contraction (jit.njit_poly: vectorised partial sums); they round differently from a sequential float sum (and
 from BLAS's own order) by the same order of magnitude. Pivots: exact Cholesky pivots of K are >= eps; a pivot not
 finite or below eps/2 sets info (failing pivot + 1) and the token's outputs to 0 (the caller raises).
 Outputs are preallocated and come first; scratch is allocated once per token range; prange runs over token
-chunks (`_metric_solve_nb`), a serial driver serves small problems (`use_parallel`). BLAS is limited to one thread
-while the backward kernel runs (`blas_single_thread`): the kernel is already parallel.
+chunks (`_metric_solve_nb`), a serial driver serves small problems (`use_parallel`). BLAS/LAPACK is limited to one
+thread while a kernel runs (`blas_single_thread`): the kernel is already parallel.
 References: the per-token helpers' NumPy counterparts are np.linalg (tests/ops/test_metric_kernels.py); the whole
 solve's is geolm.ops.metric.metric_solve_ref.
 """
@@ -28,6 +29,7 @@ import math
 
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loaded before threadpoolctl looks for BLAS libraries)
+import scipy.linalg.cython_lapack  # noqa: F401
 from numba.extending import get_cython_function_address
 
 from ..core.jit import njit_parallel, njit_poly, prange
@@ -42,6 +44,15 @@ def _blas_controller():
 def blas_single_thread():
     """Context limiting BLAS to one thread while a (token-parallel) kernel runs."""
     return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def lapack_potrf(dtype):
+    """?potrf for dtype as a ctypes function pointer into SciPy's LAPACK (Fortran ABI). A C-order [r,r] block is
+    the transpose in Fortran's view: for symmetric K, uplo='L' there is R upper in C order with K = R^T R."""
+    pre = "s" if np.dtype(dtype) == np.float32 else "d"
+    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 5))(
+        get_cython_function_address("scipy.linalg.cython_lapack", pre + "potrf"))
 
 
 @functools.cache
@@ -129,38 +140,9 @@ def rmatvec(out, U, w):
             out[k] += wi * U[i, k]
 
 
-# The factorisation and the triangular solves below update whole rows of length r (zeros outside the triangle
-# make that exact): a row operation is then one full-length vector loop, where the shortened rows of the textbook
-# loops would run mostly in scalar remainder code at r ~ 64 (at ~3x the element operations, still faster).
-
-@njit_poly
-def cholesky_upper(R, eps):
-    """In place: R [r,r] holds K in its upper triangle (anything below); on return K = R^T R, R upper
-    (strict lower triangle 0). -> (info, log det K as a float): info 0, or the failing pivot's index + 1 (a pivot
-    below eps/2 or not finite; exact pivots are >= eps; R is then partly overwritten)."""
-    r = R.shape[0]
-    for i in range(1, r):
-        for j in range(i):
-            R[i, j] = 0.0  # finite (and not subnormal) below the diagonal: the full-row updates read it
-    ld = 0.0
-    for i in range(r):
-        Ri = R[i]
-        for j in range(i):
-            Ri[j] = 0.0  # rows above updated this row's lower part: clear it before it is used
-        p = float(Ri[i])  # K_ii - sum_{k<i} R_ki^2
-        if not (p > 0.5 * eps and p < np.inf):
-            return i + 1, 0.0
-        ld += math.log(p)
-        rii = np.sqrt(Ri[i])
-        for j in range(r):
-            Ri[j] /= rii
-        for m in range(i + 1, r):  # trailing update K_mj -= R_im R_ij (j >= m is what later rows read)
-            c = Ri[m]
-            Rm = R[m]
-            for j in range(r):
-                Rm[j] -= c * Ri[j]
-    return 0, ld
-
+# The triangular solves and R^-1 below update whole rows of length r (zeros outside the triangle make that exact):
+# a row operation is then one full-length vector loop, where the shortened rows of the textbook loops would run
+# mostly in scalar remainder code at r ~ 64 (at ~3x the element operations, still faster).
 
 @njit_poly
 def solve_factor(R, w):
@@ -205,14 +187,27 @@ def inverse_factor(Ri, R):
 # ----------------------------------------------------------------------------- token ranges
 
 @njit_poly
-def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
+def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf):
     """Forward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
-    d = U.shape[2]
+    r, d = U.shape[1], U.shape[2]
     tmp = np.empty(d, U.dtype)
+    ib = np.empty(2, np.int32)  # Fortran ints: n = lda = r, info
+    up = np.empty(1, np.uint8)
+    up[0] = 76  # 'L' in Fortran's (transposed) view = upper in C order
     for n in range(lo, hi):
         Un, Rn, sn, vn, fn = U[n], R[n], s[n], v[n], f[n]
         gram_upper(Rn, Un, alpha_t, eps_t)  # K = eps I + alpha U U^T
-        bad, ld = cholesky_upper(Rn, eps)  # K = R^T R
+        ib[0] = r
+        ib[1] = 0
+        potrf(up.ctypes, ib[0:1].ctypes, Rn.ctypes, ib[0:1].ctypes, ib[1:2].ctypes)  # K = R^T R
+        bad = ib[1]
+        ld = 0.0
+        for i in range(r):
+            piv = float(Rn[i, i]) * float(Rn[i, i])
+            if not (piv > 0.5 * eps and piv < np.inf):  # exact pivots are >= eps
+                bad = i + 1
+                break
+            ld += math.log(piv)
         info[n] = bad
         if bad != 0:
             logdetK[n] = 0.0
@@ -220,6 +215,9 @@ def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
             sn[:] = 0.0
             continue
         logdetK[n] = ld  # log det K = 2 sum log diag R
+        for i in range(1, r):
+            for j in range(i):
+                Rn[i, j] = 0.0
         matvec(sn, Un, fn)
         solve_factor(Rn, sn)  # s = K^-1 U f
         rmatvec(tmp, Un, sn)
@@ -284,20 +282,21 @@ def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_
 # ----------------------------------------------------------------------------- drivers
 
 @njit_parallel
-def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
+def _metric_solve_nb(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf):
     """Forward kernel, parallel over token chunks. Outputs v [N,d], logdetK [N], R [N,r,r] (upper Cholesky
     factor, K = R^T R), s [N,r] (= K^-1 U f), info [N] (0 ok, else failing pivot + 1); inputs U [N,r,d],
-    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype."""
+    f [N,d] C-contiguous; eps float64; alpha_t, eps_t in U's dtype; potrf: lapack_potrf(U.dtype)."""
     N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
-        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t)
+        _forward_range(c * N // nchunk, (c + 1) * N // nchunk, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t,
+                       potrf)
 
 
 @njit_poly
-def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t):
+def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf):
     """Same as _metric_solve_nb on one thread (small problems: no parallel-region overhead)."""
-    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t)
+    _forward_range(0, U.shape[0], v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, potrf)
 
 
 @njit_parallel
@@ -332,7 +331,8 @@ def forward_nb(v, logdetK, R, s, info, U, f, eps, alpha):
     info); U [N,r,d], f [N,d] C-contiguous; eps, alpha Python floats."""
     dt = U.dtype.type
     kern = _metric_solve_nb if use_parallel(U) else _metric_solve_nb_serial
-    kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps))
+    with blas_single_thread():
+        kern(v, logdetK, R, s, info, U, f, eps, dt(alpha), dt(eps), lapack_potrf(U.dtype))
 
 
 def backward_nb(dU, df, dv, dlogdet, U, v, s, R, eps, alpha):
