@@ -46,6 +46,24 @@ def blas_single_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+# OpenBLAS kernel sets with a small-matrix GEMM path (no packing) for products of m*n*k <= 1e6: there the log-det
+# GEMM (m = d, n = k = r) runs faster cut into row chunks within that bound; elsewhere it runs as one call.
+SMALL_GEMM_ARCHS = ("SkylakeX", "Cooperlake", "SapphireRapids")
+SMALL_GEMM_MNK = 1_000_000
+
+
+@functools.cache
+def gemm_row_chunk(r, d):
+    """Rows of U^T per log-det GEMM call: d, or a chunk with chunk * r * r <= SMALL_GEMM_MNK when SciPy's OpenBLAS
+    runs one of SMALL_GEMM_ARCHS (the chunks compute the same products; each is summed over r in its own order)."""
+    libs = [i for i in _blas_controller().info() if i.get("internal_api") == "openblas"]
+    lib = next((i for i in libs if "scipy.libs" in str(i.get("filepath", ""))), libs[0] if libs else {})
+    chunk = SMALL_GEMM_MNK // max(1, r * r)
+    if lib.get("architecture") not in SMALL_GEMM_ARCHS or chunk < 16 or chunk >= d:
+        return d
+    return -(-d // -(-d // chunk))  # equal chunks: ceil(d / number of chunks)
+
+
 @functools.cache
 def lapack_potrf(dtype):
     """?potrf for dtype as a ctypes function pointer into SciPy's LAPACK (Fortran ABI). A C-order [r,r] block is
@@ -226,8 +244,9 @@ def _forward_range(lo, hi, v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, po
 
 
 @njit_poly
-def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
-    """Backward for tokens lo..hi-1 (one thread; scratch allocated once per range)."""
+def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm, mchunk):
+    """Backward for tokens lo..hi-1 (one thread; scratch allocated once per range); the GEMM in row chunks of
+    mchunk (gemm_row_chunk)."""
     r, d = U.shape[1], U.shape[2]
     M = np.empty((r, r), U.dtype)
     Ri = np.empty((r, r), U.dtype)
@@ -235,10 +254,9 @@ def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_
     t = np.empty(r, U.dtype)
     tmp = np.empty(d, U.dtype)
     one, zero = U.dtype.type(1), U.dtype.type(0)
-    ib = np.empty(3, np.int32)  # Fortran ints: d, r, r
-    ib[0] = d
+    ib = np.empty(4, np.int32)  # Fortran ints: chunk rows, r, ld = d, last chunk's rows
     ib[1] = r
-    ib[2] = r
+    ib[2] = d
     tr = np.empty(1, np.uint8)
     tr[0] = 78  # 'N'
     sc = np.empty(2, U.dtype)  # GEMM alpha = 1, beta = 0
@@ -258,9 +276,13 @@ def _backward_range(lo, hi, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_
             for i in range(r):
                 for j in range(r):
                     M[i, j] *= cl
-            # C order dU = M U is, in Fortran's view, dU^T [d,r] = U^T [d,r] @ M^T (M symmetric)
-            gemm(tr.ctypes, tr.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, ib[2:3].ctypes, sc[0:1].ctypes,
-                 Un.ctypes, ib[0:1].ctypes, M.ctypes, ib[1:2].ctypes, sc[1:2].ctypes, dUn.ctypes, ib[0:1].ctypes)
+            # C order dU = M U is, in Fortran's view, dU^T [d,r] = U^T [d,r] @ M^T (M symmetric): rows c0..c0+m
+            Uf, dUf = Un.ravel(), dUn.ravel()
+            for c0 in range(0, d, mchunk):
+                ib[0] = min(mchunk, d - c0)
+                gemm(tr.ctypes, tr.ctypes, ib[0:1].ctypes, ib[1:2].ctypes, ib[1:2].ctypes, sc[0:1].ctypes,
+                     Uf[c0:].ctypes, ib[2:3].ctypes, M.ctypes, ib[1:2].ctypes, sc[1:2].ctypes, dUf[c0:].ctypes,
+                     ib[2:3].ctypes)
         else:
             t[:] = a
             solve_factor(R[n], t)  # t = K^-1 U dv
@@ -300,20 +322,21 @@ def _metric_solve_nb_serial(v, logdetK, R, s, info, U, f, eps, alpha_t, eps_t, p
 
 
 @njit_parallel
-def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
+def _metric_solve_backward_nb(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm, mchunk):
     """Backward kernel, parallel over token chunks. Outputs dU [N,r,d], df [N,d]; inputs dv [N,d], dlogdet [N]
-    (read iff has_dl), U, v, s, R from the forward; gemm: blas_gemm(U.dtype)."""
+    (read iff has_dl), U, v, s, R from the forward; gemm: blas_gemm(U.dtype); mchunk: gemm_row_chunk(r, d)."""
     N = U.shape[0]
     nchunk = min(N, 64)
     for c in prange(nchunk):
         _backward_range(c * N // nchunk, (c + 1) * N // nchunk, dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha,
-                        eps_t, alpha_t, gemm)
+                        eps_t, alpha_t, gemm, mchunk)
 
 
 @njit_poly
-def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm):
+def _metric_solve_backward_nb_serial(dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm,
+                                     mchunk):
     """Same as _metric_solve_backward_nb on one thread."""
-    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm)
+    _backward_range(0, U.shape[0], dU, df, dv, dlogdet, has_dl, U, v, s, R, alpha, eps_t, alpha_t, gemm, mchunk)
 
 
 PARALLEL_FLOPS = 5e7  # work (flops) from which the prange kernels are used
@@ -340,8 +363,9 @@ def backward_nb(dU, df, dv, dlogdet, U, v, s, R, eps, alpha):
     dt = U.dtype.type
     dl = dlogdet if dlogdet is not None else np.zeros(1, U.dtype)
     kern = _metric_solve_backward_nb if use_parallel(U) else _metric_solve_backward_nb_serial
+    _, r, d = U.shape
     if dlogdet is None:
-        kern(dU, df, dv, dl, False, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype))
+        kern(dU, df, dv, dl, False, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype), d)
         return
     with blas_single_thread():
-        kern(dU, df, dv, dl, True, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype))
+        kern(dU, df, dv, dl, True, U, v, s, R, alpha, dt(eps), dt(alpha), blas_gemm(U.dtype), gemm_row_chunk(r, d))

@@ -91,3 +91,35 @@ def test_float32_kernel_extremes_one_token(rank, d, eps, alpha):
         assert a.dtype == np.float32
         err = np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b)
         assert err < 1e-4, (name, err)
+
+
+@pytest.mark.parametrize("chunk", [5, 16, 1000])
+def test_log_det_gemm_in_row_chunks(rng, monkeypatch, chunk):
+    """The backward's GEMM cut into row chunks (as on OpenBLAS kernel sets with a small-matrix path) gives the
+    same dU as one call, to rounding."""
+    U = (0.2 * rng.standard_normal((9, 12, 40))).astype(np.float32)
+    f, dv = (rng.standard_normal((9, 40)).astype(np.float32) for _ in range(2))
+    dl = rng.standard_normal(9).astype(np.float32)
+    _, _, cache = metric_solve_forward(U, f, 0.1, 2.0)
+    whole = metric_solve_backward(dv, dl, cache)
+    monkeypatch.setattr(mk, "gemm_row_chunk", lambda r, d: chunk)
+    cut = metric_solve_backward(dv, dl, cache)
+    for a, b in zip(cut, whole):
+        assert _rel(a, b) < 1e-6
+
+
+def test_gemm_row_chunk_rule(monkeypatch):
+    class Info:
+        def __init__(self, arch):
+            self.arch = arch
+
+        def info(self):
+            return [{"internal_api": "openblas", "architecture": self.arch, "filepath": "/x/scipy.libs/libopenblas.so"}]
+
+    for arch, want in (("Haswell", 384), ("SkylakeX", 192)):
+        mk.gemm_row_chunk.cache_clear()
+        monkeypatch.setattr(mk, "_blas_controller", lambda: Info(arch))
+        assert mk.gemm_row_chunk(64, 384) == want
+        assert mk.gemm_row_chunk(64, 384) * 64 * 64 <= mk.SMALL_GEMM_MNK or want == 384
+        assert mk.gemm_row_chunk(8, 384) == 384  # already small
+    mk.gemm_row_chunk.cache_clear()
