@@ -120,7 +120,7 @@ def block_mlp_forward(x, p, wb=None, ws=None, slot=None, grad=True):
     h = np.matmul(x, p["fc1"]["w"])  # [n,I] @ [I,F] -> [n,F]; its bias is added in the GELU pass
     n, F = h.shape
     if wb is None:
-        a, ca = gelu_bias_forward(h, p["fc1"]["b"], out=h, grad=grad)  # a = gelu(h + b1), over h
+        a, ca = gelu_bias_forward(h, p["fc1"]["b"], grad=grad)  # a = gelu(h + b1)
         y = np.matmul(a, p["fc2"]["w"])  # [n,F] -> [n,O]
         y += p["fc2"]["b"]
         return y, (x, ca, a, p)
@@ -144,7 +144,7 @@ def block_mlp_backward(dy, cache, dp, ws=None, name="f"):
         dp["fc2"]["w"] += g[:-1]  # [F+1,n] @ [n,O] -> [F+1,O]
         dp["fc2"]["b"] += g[-1]
     da = np.matmul(dy, w2.T)  # [n,O] @ [O,F] -> [n,F]
-    dh, db1 = gelu_bias_backward(da, ca, out=da)  # a = gelu(h + b1), h = x W1:  dh = da gelu'(h + b1)
+    dh, db1 = gelu_bias_backward(da, ca)  # a = gelu(h + b1), h = x W1:  dh = da gelu'(h + b1)
     _gemm_acc(x, dh, dp["fc1"]["w"], ws, (name, "fc1.dw"))
     dp["fc1"]["b"] += db1
     return np.matmul(dh, p["fc1"]["w"].T)  # [n,F] @ [F,I] -> [n,I]

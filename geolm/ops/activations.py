@@ -75,7 +75,7 @@ def gelu_backward(dy, cache):
 
 def gelu_bias_forward(h, b, out=None, grad=True):
     """y = gelu(h + b): h [..., F] C-contiguous, b [F] -> (y [..., F], cache; None when grad is False).
-    out: optional C-contiguous [n, F] or [n, F + 1] array (n = rows of h; may be h itself) that receives y (then
+    out: optional C-contiguous [n, F] or [n, F + 1] array (n = rows of h; h itself works but runs unvectorised) that receives y (then
     y = out[:, :F]; a last column is set to 1). The cache holds only g = dy/dx."""
     F = h.shape[-1]
     x = h.reshape(-1, F)  # [..., F] -> [n,F]
@@ -87,7 +87,7 @@ def gelu_bias_forward(h, b, out=None, grad=True):
 
 
 def gelu_bias_backward(dy, cache, out=None):
-    """-> (dx [..., F], db [F]); out: optional array of dy's size for dx (may be dy itself)."""
+    """-> (dx [..., F], db [F]); out: optional array of dy's size for dx (dy itself works but runs unvectorised)."""
     g, shape = cache
     # y = gelu(x), x = h + b:  dx = dy gelu'(x) = dh,  db = sum over rows of dh
     dy2 = np.ascontiguousarray(dy, dtype=g.dtype).reshape(g.shape)

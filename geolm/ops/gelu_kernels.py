@@ -8,11 +8,10 @@ n rows . F features
 The sigmoid form is the same function as geolm.ops.activations.gelu_forward's tanh form without its cancellations:
 1 + tanh u for negative x (y loses its relative accuracy) and 1 - tanh^2 u for large |x| (g loses its absolute
 accuracy there, by ~|x|^3 ulp); here y and g are accurate to a few ulp.
-forward:  h [n,F] (x W without its bias), b [F] -> y = gelu(h + b) written to out[:, :F] (out may be h itself; out
-          may be [n,F+1], then out[:, F] = 1: the augmented input of a next layer whose bias rides in its GEMM), and
+forward:  h [n,F] (x W without its bias), b [F] -> y = gelu(h + b) written to out[:, :F] (out may be [n,F+1], then out[:, F] = 1: the augmented input of a next layer whose bias rides in its GEMM), and
           optionally g [n,F] (all the backward needs: neither x nor s is kept).
-backward: dy [n,F], g -> dx = dy g [n,F] (may be written over dy), db = column sums of dx [F] (float64 partial sums
-          per row chunk).
+backward: dy [n,F], g -> dx = dy g [n,F], db = column sums of dx [F] (float64 partial sums per row chunk).
+An output may be its input (out = h, dx = dy): correct, but LLVM's overlap check then runs the loop unvectorised.
 float32: e by the Cephes polynomial of geolm.ops.expsum (a few ulp: no FMA contraction, so that every code path of
 the kernel rounds alike and a forward with and without g gives the same y) on -2u in [-87, 87] (e a normal float32);
 beyond, e is taken as 0 (s = g = 1, y = x) or as infinite (s = y = g = 0): the exact values differ from those by less
@@ -28,7 +27,7 @@ from ..core.jit import njit, njit_parallel, prange
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
-PARALLEL_SIZE = 1 << 16  # entries from which the prange kernels are used
+PARALLEL_SIZE = 1 << 18  # entries from which the prange kernels are used (below, a parallel region costs more)
 
 _K1 = np.float32(-2.0 * GELU_C)  # -2u = x (K1 + K3 x^2)
 _K3 = np.float32(-2.0 * GELU_C * GELU_A)
@@ -175,7 +174,7 @@ def _backward_serial(dy, g, dx, dbs):
 
 def gelu_bias_forward_nb(h, b, out, g=None):
     """out [n,F] or [n,F+1] <- gelu(h + b) (and 1); g [n,F] <- gelu'(h + b) unless None. h [n,F], b [F], out, g
-    C-contiguous, one float dtype; out may be h."""
+    C-contiguous, one float dtype (out overlapping h: correct, unvectorised)."""
     n, F = h.shape
     nchunk = _nchunk(n, F)
     want_g = g is not None
@@ -188,7 +187,7 @@ def gelu_bias_forward_nb(h, b, out, g=None):
 
 
 def gelu_bias_backward_nb(dy, g, dx):
-    """dx [n,F] <- dy g (dx may be dy); -> db [F] (g's dtype) = column sums of dx."""
+    """dx [n,F] <- dy g (dx = dy: correct, unvectorised); -> db [F] (g's dtype) = column sums of dx."""
     n, F = g.shape
     nchunk = _nchunk(n, F)
     dbs = np.empty((nchunk, F), np.float64)

@@ -45,7 +45,7 @@ def mlp_forward(x, p, act="gelu"):
     if act == "gelu":
         w1 = p["fc1"]["w"]
         h = np.matmul(x.reshape(-1, w1.shape[0]), w1)  # [N,I] @ [I,F]; b1 is added in the GELU pass
-        a, ca = gelu_bias_forward(h, p["fc1"]["b"], out=h)  # a = gelu(h + b1), over h
+        a, ca = gelu_bias_forward(h, p["fc1"]["b"])  # a = gelu(h + b1)
         c1 = (x, w1)
     else:
         h, c1 = linear_forward(x, **p["fc1"])  # [..., I] -> [..., F]
@@ -61,7 +61,7 @@ def mlp_backward(dy, cache):
     da, dw2, db2 = linear_backward(dy, c2)  # y = a W2 + b2
     if act == "gelu":
         x, w1 = c1
-        dh, db1 = gelu_bias_backward(da, ca, out=da)  # a = gelu(h + b1), h = x W1
+        dh, db1 = gelu_bias_backward(da, ca)  # a = gelu(h + b1), h = x W1
         dh = dh.reshape(-1, w1.shape[1])  # [N,F]
         dx = np.matmul(dh, w1.T).reshape(x.shape)  # [N,F] @ [F,I] -> [..., I]
         dw1 = np.matmul(x.reshape(-1, w1.shape[0]).T, dh)  # [I,N] @ [N,F] -> [I,F]
