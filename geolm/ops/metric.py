@@ -26,12 +26,13 @@ approaches d, f_perp vanishes and float32 cancellation leaves errors of percent 
 So float32 input with 2r > d is computed in float64 (`work_dtype`): K, its factor, s, v, y, dU and df, in token
 chunks of at most WIDE_CHUNK_BYTES of float64 U; outputs are rounded back to float32 and the cache keeps the
 float64 factor. float32 with 2r <= d and float64 input run in their own dtype (only log det K is summed in
-float64); forming U U^T in float64 costs about twice the float32 syrk, paid only where r is close to d.
+float64); forming U U^T in float64 costs about twice the float32 Gram, paid only where r is close to d.
 
 Tiers: the dense tier `dense_metric_forward/backward` (forms g [N,d,d]: np.linalg.solve/slogdet, backward
 through np.linalg.inv; the baseline of the Riemann dense control and the benchmark, and in float64 the tests'
 oracle), `metric_solve_ref` (vectorised NumPy over [N,r,r] stacks: matmul, np.linalg.cholesky, np.linalg.inv of
-the factor), and the Numba kernels of geolm.ops.metric_kernels (per-token BLAS/LAPACK, prange over tokens).
+the factor), and the Numba kernels of geolm.ops.metric_kernels (per-token small-matrix code around LAPACK potrf
+and one BLAS gemm, prange over tokens).
 The public pair validates, dispatches (numba by default) and records the choice in the cache.
 Reference: Woodbury identity / matrix determinant lemma; layout after stumpy stump.py.
 """
