@@ -176,11 +176,12 @@ def solve_factor(R, w):
         w[i] = xi
     for i in range(r - 1, -1, -1):
         Ri = R[i]
+        xi = w[i]
+        w[i] = zero  # the sum below then runs over j > i only (R_ij = 0 for j < i), never through R_ii x_i
         acc = zero
         for j in range(r):
             acc += Ri[j] * w[j]
-        acc -= Ri[i] * w[i]  # sum over j > i (R_ij = 0 for j < i)
-        w[i] = (w[i] - acc) / Ri[i]
+        w[i] = (xi - acc) / Ri[i]
 
 
 @njit_poly
