@@ -75,8 +75,8 @@ def gelu_backward(dy, cache):
 
 def gelu_bias_forward(h, b, out=None, grad=True):
     """y = gelu(h + b): h [..., F] C-contiguous, b [F] -> (y [..., F], cache; None when grad is False).
-    out: optional C-contiguous [n, F] or [n, F + 1] array (n = rows of h; h itself works but runs unvectorised) that receives y (then
-    y = out[:, :F]; a last column is set to 1). The cache holds only g = dy/dx."""
+    out: optional C-contiguous [n, F] or [n, F + 1] array (n = rows of h; h itself works but runs unvectorised)
+    that receives y (then y = out[:, :F]; a last column is set to 1). The cache holds only g = dy/dx."""
     F = h.shape[-1]
     x = h.reshape(-1, F)  # [..., F] -> [n,F]
     out = np.empty_like(x) if out is None else out.reshape(x.shape[0], -1)

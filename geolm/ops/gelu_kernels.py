@@ -8,8 +8,9 @@ n rows . F features
 The sigmoid form is the same function as geolm.ops.activations.gelu_forward's tanh form without its cancellations:
 1 + tanh u for negative x (y loses its relative accuracy) and 1 - tanh^2 u for large |x| (g loses its absolute
 accuracy there, by ~|x|^3 ulp); here y and g are accurate to a few ulp.
-forward:  h [n,F] (x W without its bias), b [F] -> y = gelu(h + b) written to out[:, :F] (out may be [n,F+1], then out[:, F] = 1: the augmented input of a next layer whose bias rides in its GEMM), and
-          optionally g [n,F] (all the backward needs: neither x nor s is kept).
+forward:  h [n,F] (x W without its bias), b [F] -> y = gelu(h + b) written to out[:, :F] (out may be [n,F+1],
+          then out[:, F] = 1: the augmented input of a next layer whose bias rides in its GEMM), and optionally
+          g [n,F] (all the backward needs: neither x nor s is kept).
 backward: dy [n,F], g -> dx = dy g [n,F], db = column sums of dx [F] (float64 partial sums per row chunk).
 An output may be its input (out = h, dx = dy): correct, but LLVM's overlap check then runs the loop unvectorised.
 float32: e by the Cephes polynomial of geolm.ops.expsum (a few ulp: no FMA contraction, so that every code path of

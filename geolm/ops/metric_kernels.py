@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loaded before threadpoolctl looks for BLAS libraries)
-import scipy.linalg.cython_lapack  # noqa: F401
+import scipy.linalg.cython_lapack  # noqa: F401  (get_cython_function_address needs the module loaded)
 from numba.extending import get_cython_function_address
 
 from ..core.jit import njit_parallel, njit_poly, prange
