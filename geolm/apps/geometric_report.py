@@ -110,11 +110,11 @@ def table(summary):
     seeded = _seeded(models)
     w = 24 if seeded else 12
     per_model = bool((summary.get("config") or {}).get("model_lr"))
-    head = f"{'model':<24}{'params':>12}" + (f"{'lr':>8}" if per_model else "") + f"{'val ppl':>{w}}{'seconds':>10}"
+    head = f"{'model':<26}{'params':>12}" + (f"{'lr':>8}" if per_model else "") + f"{'val ppl':>{w}}{'seconds':>10}"
     rows = [head + (f"{'published':>11}{'diff':>17}" if show else "")]
     for name, r in models.items():
         lr = f"{r['lr']:>8g}" if isinstance(r.get("lr"), float) else f"{'-':>8}"
-        line = (f"{name:<24}{r.get('params', 0):>12,}" + (lr if per_model else "")
+        line = (f"{name:<26}{r.get('params', 0):>12,}" + (lr if per_model else "")
                 + f"{_ppl_cell(r):>{w}}{r.get('seconds', 0.0):>10.1f}")
         c = r.get("published") or {}
         if show and "published" in c:
