@@ -63,14 +63,14 @@ def test_the_sweep_is_scored_on_heldout_training_stories_and_its_best_cell_runs_
 
 def test_quick_script_runs_resumes_and_refuses_a_control_flag(tmp_path):
     env = {**os.environ, "GEOLM_MPI": "0"}
-    args = [sys.executable, str(SCRIPT), "--quick", "--seeds", "0,1", "--controls", "learned,alpha0", "--no-sweep",
+    args = [sys.executable, str(SCRIPT), "--quick", "--seeds", "0,1", "--controls", "alpha0", "--no-sweep",
             "--output", str(tmp_path)]
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=SCRIPT.parent)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "controls.json").read_text())
-    assert res["controls"]["learned"]["n"] == 2 and "alpha0" in res["controls"] and "g = eps I" in r.stdout
+    assert res["controls"]["alpha0"]["n"] == 2 and set(res["controls"]) == {"alpha0"} and "g = eps I" in r.stdout
     r2 = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=SCRIPT.parent)
-    assert r2.returncode == 0 and r2.stdout.count("skipped") == 4
+    assert r2.returncode == 0 and r2.stdout.count("skipped") == 2
     assert json.loads((tmp_path / "controls.json").read_text())["controls"] == res["controls"]
     r3 = subprocess.run(args + ["--alpha", "0.5"], capture_output=True, text=True, timeout=60, env=env)
     assert r3.returncode != 0 and "--alpha is set by each run" in r3.stderr and r3.stderr.strip().count("\n") == 0
