@@ -16,7 +16,6 @@ out), extrapolated to 20,000 stories beside the write-up's 20k figures; a straig
 points, reported as a direction, not a prediction.
 """
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from ..core.io import write_json
 from ..training.distributed import get_comm
 from .geometric_config import model_list
 from .geometric_data import log
-from .geometric_run import run
+from .geometric_report import finite
+from .geometric_run import finished_run, run
 from .plots import plot_panels
 from .published import figure
 
@@ -37,16 +37,6 @@ TARGET = 20000  # the write-up's 20k setting
 TREND_FROM = 1000
 
 
-def _finite(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _reuse(path, cfg):
-    try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
 def size_configs(cfg, sizes, extra_data=None, out=None):
@@ -70,7 +60,7 @@ def size_configs(cfg, sizes, extra_data=None, out=None):
 def trend(points, target=TARGET, start=TREND_FROM):
     """Least-squares log ppl = a + b log n over the points (n, ppl) with n >= start -> (slope b, ppl at target) or
     (None, None) with fewer than two such points."""
-    pts = [(n, p) for n, p in points if n >= start and _finite(p) and p > 0]
+    pts = [(n, p) for n, p in points if n >= start and finite(p) and p > 0]
     if len(pts) < 2:
         return None, None
     x = np.log([n for n, _ in pts])
@@ -88,7 +78,7 @@ def scaling(cfg, sizes=SIZES, extra_data=None, out=None, progress=True, comm=Non
     rows = size_configs(cfg, sizes, extra_data, out)
     per = []
     for label, n, extra, rc in rows:
-        summary = _reuse(Path(rc.output) / "results.json", rc)
+        summary = finished_run(rc)
         if summary is None:
             log(f"data scaling: {label} training stories -> {rc.output}", comm)
             summary = run(dataclasses.replace(rc, resume=cfg.resume), progress=progress, comm=comm)
@@ -104,11 +94,11 @@ def scaling(cfg, sizes=SIZES, extra_data=None, out=None, progress=True, comm=Non
                         "lr": per[0][3]["models"][name].get("lr")}
     tri = {p[2]: p[1] for p in models.get("trigram", {}).get("points", [])}
     for name, m in models.items():
-        m["gap"] = [[p[0], p[1] / tri[p[2]], p[2]] for p in m["points"] if _finite(p[1]) and _finite(tri.get(p[2]))]
+        m["gap"] = [[p[0], p[1] / tri[p[2]], p[2]] for p in m["points"] if finite(p[1]) and finite(tri.get(p[2]))]
         t20 = models.get("trigram", {}).get("at_20k")
-        m["gap_at_20k"] = m["at_20k"] / t20 if _finite(m["at_20k"]) and _finite(t20) else None
+        m["gap_at_20k"] = m["at_20k"] / t20 if finite(m["at_20k"]) and finite(t20) else None
         p20 = models.get("trigram", {}).get("published_20k")
-        m["published_gap_20k"] = (m["published_20k"] / p20 if _finite(m["published_20k"]) and _finite(p20)
+        m["published_gap_20k"] = (m["published_20k"] / p20 if finite(m["published_20k"]) and finite(p20)
                                   else None)
     first = per[0][3]
     result = {"sizes": [n for _, n, _, _ in rows], "labels": [label for label, _, _, _ in rows],
@@ -134,7 +124,7 @@ def write_plot(path, result):
         gap[name] = ([q[0] for q in g], [q[1] for q in g])  # the trigram's own line is 1 (colours match panel 1)
         hollow += [(p[0], p[1], "+ GPT-4-only extra stories" if "gpt4" in str(result.get("extra")).lower()
                     else "+ extra stories", name) for p in m["points"] if p[2].endswith("+extra")]
-        if _finite(m.get("published_20k")):
+        if finite(m.get("published_20k")):
             stars.append((TARGET, m["published_20k"], "write-up, 20k stories", name))
     panels = [{"title": "validation perplexity (stars: write-up at 20k)", "series": ppl, "markers": stars,
                "hollow": hollow, "logy": True, "logx": True, "xlabel": "training stories"},
@@ -150,18 +140,18 @@ def format_table(result):
              + f"{'slope':>8s}{'trend@20k':>11s}{'write-up':>10s}"]
     for name, m in result["models"].items():
         by = {p[2]: p[1] for p in m["points"]}
-        cells = "".join(f"{by[lab]:12.2f}" if _finite(by.get(lab)) else f"{'-':>12s}" for lab in labels)
-        sl = f"{m['slope']:8.3f}" if _finite(m["slope"]) else f"{'-':>8s}"
-        at = f"{m['at_20k']:11.2f}" if _finite(m["at_20k"]) else f"{'-':>11s}"
-        pub = f"{m['published_20k']:10.2f}" if _finite(m["published_20k"]) else f"{'-':>10s}"
+        cells = "".join(f"{by[lab]:12.2f}" if finite(by.get(lab)) else f"{'-':>12s}" for lab in labels)
+        sl = f"{m['slope']:8.3f}" if finite(m["slope"]) else f"{'-':>8s}"
+        at = f"{m['at_20k']:11.2f}" if finite(m["at_20k"]) else f"{'-':>11s}"
+        pub = f"{m['published_20k']:10.2f}" if finite(m["published_20k"]) else f"{'-':>10s}"
         lines.append(f"{name:16s}{cells}{sl}{at}{pub}")
     lines.append("gap to the trigram (ppl / trigram ppl):")
     for name, m in result["models"].items():
         if name == "trigram":
             continue
         by = {q[2]: q[1] for q in m["gap"]}
-        cells = "".join(f"{by[lab]:12.3f}" if _finite(by.get(lab)) else f"{'-':>12s}" for lab in labels)
-        g20 = f"{m['gap_at_20k']:19.3f}" if _finite(m.get("gap_at_20k")) else f"{'-':>19s}"
-        p20 = f"{m['published_gap_20k']:10.3f}" if _finite(m.get("published_gap_20k")) else f"{'-':>10s}"
+        cells = "".join(f"{by[lab]:12.3f}" if finite(by.get(lab)) else f"{'-':>12s}" for lab in labels)
+        g20 = f"{m['gap_at_20k']:19.3f}" if finite(m.get("gap_at_20k")) else f"{'-':>19s}"
+        p20 = f"{m['published_gap_20k']:10.3f}" if finite(m.get("published_gap_20k")) else f"{'-':>10s}"
         lines.append(f"{name:16s}{cells}{g20}{p20}")
     return "\n".join(lines)

@@ -15,13 +15,13 @@ def fmt(ppl):
     return "-" if ppl is None else f"{ppl:.2f}"
 
 
-def _finite(x):
+def finite(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def mean_sd(values):
     """(mean, sample sd (ddof=1), n) over the finite values; mean None without any, sd None with fewer than 2."""
-    v = [float(x) for x in values if _finite(x)]
+    v = [float(x) for x in values if finite(x)]
     n = len(v)
     if n == 0:
         return None, None, 0

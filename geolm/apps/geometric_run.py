@@ -14,6 +14,7 @@ DIR/seed<S>/models/<name>/), DIR/tokenizers/.
 """
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -41,7 +42,7 @@ from .model_pool import balanced_bins, run_pool
 from .published import compare, run_setting
 
 __all__ = ["GeoRunConfig", "GeoJob", "run", "table", "make_task", "init_theta", "epochs_from_history", "loss_curve",
-           "cost"]
+           "cost", "finished_run"]
 
 # relative training cost per model (balances the process bins; unlisted models cost 44)
 COST = {"geo_attention_full": 75, "geo_attention": 62, "trigram": 56, "hybrid": 56, "neural_bigram": 52,
@@ -310,6 +311,15 @@ def train_table(job, need):
     results, done = run_pool(job, bins, train_models, run_deferred, job.jobs, job.root / "models")
     merge_deferred(job, results, done)
     return results
+
+
+def finished_run(cfg):
+    """The results.json of a finished run of exactly cfg in cfg.output (same configuration), else None."""
+    try:
+        summary = json.loads((Path(cfg.output) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
 def run(cfg, *, progress=True, comm=None):

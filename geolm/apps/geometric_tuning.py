@@ -14,8 +14,6 @@ so overfitting shows (losses.png). A finished selection run (its results.json wi
 reused, so an interrupted tuning continues where it stopped.
 """
 import dataclasses
-import json
-import math
 from pathlib import Path
 
 from ..core.errors import ConfigError
@@ -23,7 +21,8 @@ from ..core.io import write_json
 from ..training.distributed import get_comm
 from .geometric_config import CONTROLS, KAPPA, TRAINED, model_list
 from .geometric_data import log
-from .geometric_run import run
+from .geometric_report import finite
+from .geometric_run import finished_run, run
 from .plots import plot_panels
 
 LRS = (3e-4, 1e-3, 3e-3)
@@ -41,17 +40,6 @@ def lr_key(lr):
     return f"{lr:g}"
 
 
-def _finite(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _reuse(path, cfg):
-    """A finished run's results.json when its configuration equals cfg's, else None."""
-    try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
 def select_lrs(cfg, lrs=LRS, out=None, progress=True, comm=None):
@@ -60,7 +48,7 @@ def select_lrs(cfg, lrs=LRS, out=None, progress=True, comm=None):
     "model_lr": the --model-lr string}."""
     comm = comm or get_comm()
     lrs = sorted({float(x) for x in lrs})
-    if not lrs or not all(_finite(x) and x > 0 for x in lrs):
+    if not lrs or not all(finite(x) and x > 0 for x in lrs):
         raise ConfigError(f"--lrs: needs learning rates > 0 separated by commas, e.g. 3e-4,1e-3,3e-3; got {lrs}")
     names = tuned_models(model_list(cfg.models))
     if not names:
@@ -70,7 +58,7 @@ def select_lrs(cfg, lrs=LRS, out=None, progress=True, comm=None):
     for lr in lrs:
         rc = dataclasses.replace(cfg, lr=lr, model_lr=None, eval_on="heldout", models=",".join(names), seeds=None,
                                  output=str(out / "select" / f"lr{lr_key(lr)}"))
-        summary = _reuse(Path(rc.output) / "results.json", rc)
+        summary = finished_run(rc)
         if summary is None:
             log(f"lr selection: lr {lr:g} on held-out training stories -> {rc.output}", comm)
             summary = run(dataclasses.replace(rc, resume=cfg.resume), progress=progress, comm=comm)
@@ -83,7 +71,7 @@ def select_lrs(cfg, lrs=LRS, out=None, progress=True, comm=None):
     chosen = {}
     for n in names:
         finals = {lr: rows[n][lr_key(lr)]["final"] for lr in lrs}
-        ok = [lr for lr in lrs if _finite(finals[lr])]
+        ok = [lr for lr in lrs if finite(finals[lr])]
         if ok:
             chosen[n] = min(ok, key=lambda lr: finals[lr])
     tuning = {"lrs": lrs, "criterion": CRITERION.format(seed=cfg.seed, epochs=cfg.epochs), "heldout_source": source,
@@ -102,7 +90,7 @@ def selection_table(tuning):
         cells = []
         for lr in lrs:
             v = by[lr_key(lr)]["final"]
-            cells.append((f"{v:.2f}" if _finite(v) else "-") + ("*" if tuning["chosen"].get(n) == lr else " "))
+            cells.append((f"{v:.2f}" if finite(v) else "-") + ("*" if tuning["chosen"].get(n) == lr else " "))
         lines.append(f"{n:26s}" + "".join(f"{c:>12s}" for c in cells))
     return "\n".join(lines)
 
@@ -132,7 +120,7 @@ def write_losses(path, models):
         series = {"train": (xs, [r.get("train_loss") for r in ep], [r.get("train_loss_sd") for r in ep]),
                   "validation": (xs, [r.get("val_loss") for r in ep], [r.get("val_loss_sd") for r in ep])}
         lr = e.get("lr")
-        panels.append({"title": f"{name}" + (f" (lr {lr:g})" if _finite(lr) else ""), "series": series})
+        panels.append({"title": f"{name}" + (f" (lr {lr:g})" if finite(lr) else ""), "series": series})
     if panels:
         plot_panels(panels, path, title="geometric LMs: loss per epoch (nats), mean +- sd over seeds", ncols=4,
                     xlabel="epoch")

@@ -20,11 +20,11 @@ import json
 import math
 from pathlib import Path
 
-from ..core.config import require
 from ..core.errors import ConfigError
 from ..core.io import atomic_write, write_json
 from ..data.corpus import STORY_SEP, load_corpus
 from ..training.checkpoint import latest_checkpoint
+from .riemann_protocol import parse_seeds
 from .riemann_run import run
 from .riemann_settings import resolve_configs, resume_configs
 
@@ -47,15 +47,6 @@ class Job:
     overrides: dict
 
 
-def _seeds(text):
-    try:
-        seeds = tuple(int(s) for s in str(text).split(",") if s.strip())
-    except ValueError:
-        seeds = ()
-    require(len(seeds) > 0 and len(set(seeds)) == len(seeds) and min(seeds) >= 0, "seeds",
-            f"pass distinct non-negative integers separated by commas, e.g. 0,1,2 (got {text!r})")
-    return seeds
-
 
 def cell_name(rank, eps):
     return f"r{rank}_eps{eps:g}"
@@ -70,7 +61,7 @@ def plan(given, seeds="0,1,2", controls=tuple(CONTROLS), sweep=True, config_file
     bad = [c for c in controls if c not in CONTROLS]
     if bad or not controls:
         raise ConfigError(f"--controls: unknown {', '.join(bad) or '(empty)'}; choose from {','.join(CONTROLS)}")
-    seeds = _seeds(seeds)
+    seeds = parse_seeds(seeds)
     out = Path(output)
     base = dict(RUN_DEFAULTS, **{k: v for k, v in given.items() if k != "output"})
     cfg, _, _ = resolve_configs(base, config_file=config_file)  # every setting checked before any work

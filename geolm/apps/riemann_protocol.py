@@ -74,7 +74,7 @@ class ProtocolConfig:
         for k in ("phase1_steps", "phase2_steps", "grow_to"):
             v = getattr(self, k)
             require(v is None or v > 0, k, f"must be > 0, got {v}")
-        _seeds(self.seeds)
+        parse_seeds(self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Plan:
     eps: float
 
 
-def _seeds(text):
+def parse_seeds(text):
     try:
         seeds = tuple(int(s) for s in str(text).split(",") if s.strip())
     except ValueError:
@@ -120,7 +120,7 @@ def plan_protocol(given, proto, config_file=None, output=DEFAULT_OUTPUT):
     require(n1 > 0, "phase1_steps", f"must be > 0 (the configuration gives --steps {n1})")
     require(cfg.rank < r2 <= cfg.dim, "grow_to", f"must be in ({cfg.rank}, {cfg.dim}] (above --rank {cfg.rank}, "
                                                  f"at most --dim), got {r2}")
-    return Plan(Path(output), config_file and str(config_file), ov, n1, n2, cfg.rank, r2, _seeds(proto.seeds),
+    return Plan(Path(output), config_file and str(config_file), ov, n1, n2, cfg.rank, r2, parse_seeds(proto.seeds),
                 cfg.dim, cfg.eps)
 
 
