@@ -314,12 +314,14 @@ def train_table(job, need):
 
 
 def finished_run(cfg):
-    """The results.json of a finished run of exactly cfg in cfg.output (same configuration), else None."""
+    """The results.json of a finished run of cfg in cfg.output (the same configuration up to --resume), else None."""
     try:
         summary = json.loads((Path(cfg.output) / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if summary.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    have = dict(summary.get("config") or {}, resume=want["resume"])
+    return summary if have == want else None
 
 
 def run(cfg, *, progress=True, comm=None):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,6 +44,12 @@ def test_selection_scores_heldout_picks_the_lowest_final_ppl_and_never_reads_val
     assert "*" in selection_table(tuning)
     seen.clear()
     assert select_lrs(cfg, lrs=(1e-3, 3e-2), progress=False)["chosen"] == tuning["chosen"] and not seen  # reused
+    again = dataclasses.replace(cfg, resume=True)
+    assert select_lrs(again, lrs=(1e-3, 3e-2), progress=False)["chosen"] == tuning["chosen"] and not seen
+    from geolm.apps.geometric_run import finished_run
+    done = dataclasses.replace(cfg, lr=1e-3, model_lr=None, eval_on="heldout", models="trigram,geo_abs",
+                              output=str(tmp_path / "select" / "lr0.001"))
+    assert finished_run(done) is not None and finished_run(dataclasses.replace(done, epochs=1)) is None
 
 
 def test_bad_lrs_and_nothing_to_tune_are_one_line_errors(tmp_path):
