@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from ..core.jit import njit, njit_parallel, prange
+from .expsum import _C1, _C2, _HALF, _LOG2E, _ONE, _P0, _P1, _P2, _P3, _P4, _P5  # the float32 exp of expsum
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
@@ -32,18 +33,7 @@ PARALLEL_SIZE = 1 << 18  # entries from which the prange kernels are used (below
 
 _K1 = np.float32(-2.0 * GELU_C)  # -2u = x (K1 + K3 x^2)
 _K3 = np.float32(-2.0 * GELU_C * GELU_A)
-_LOG2E = np.float32(1.44269504088896341)
-_C1 = np.float32(0.693359375)  # ln2 = C1 - C2 (Cody-Waite, as geolm.ops.expsum)
-_C2 = np.float32(-2.12194440e-4)
-_P0 = np.float32(1.9875691500e-4)
-_P1 = np.float32(1.3981999507e-3)
-_P2 = np.float32(8.3334519073e-3)
-_P3 = np.float32(4.1665795894e-2)
-_P4 = np.float32(1.6666665459e-1)
-_P5 = np.float32(5.0000001201e-1)
-_ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
-_HALF = np.float32(0.5)
 _ZLO = np.float32(-87.0)
 _ZHI = np.float32(87.0)
 _G1 = np.float32(2.0 * GELU_C)  # g = s + x e s^2 (G1 + G3 x^2)

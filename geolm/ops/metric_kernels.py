@@ -12,7 +12,8 @@ Per token, U [r,d] (see geolm.ops.metric for the mathematics):
             SciPy's pointer) - alpha (t v^T + s y^T) (added in one pass after y).
 The syrk, gemv, potrs and potri calls per token of a BLAS/LAPACK chain cost more in call and blocking overhead than
 in arithmetic at r ~ 64 and gain little from wider vectors (potri most of all); the Gram tiles, R^-1, the solves
-and the vector products are Numba code, and only potrf and the log-det GEMM stay in LAPACK/BLAS (faster there).
+and the vector products are Numba code; potrf (blocked Cholesky) and the log-det GEMM (one large product) stay
+in LAPACK/BLAS.
 Numerics: the dot products (Gram tiles, U f, U dv, the back-substitution sums) are summed with reassociation and
 FMA contraction (jit.njit_poly: vectorised partial sums); they round differently from a sequential float sum (and
 from BLAS's own order) by the same order of magnitude. Pivots: exact Cholesky pivots of K are >= eps; a pivot not
@@ -47,7 +48,8 @@ def blas_single_thread():
 
 
 # OpenBLAS kernel sets with a small-matrix GEMM path (no packing) for products of m*n*k <= 1e6: there the log-det
-# GEMM (m = d, n = k = r) runs faster cut into row chunks within that bound; elsewhere it runs as one call.
+# GEMM (m = d, n = k = r) is cut into row chunks within that bound so that it takes that path; elsewhere it runs as
+# one call (packing amortised over the whole product).
 SMALL_GEMM_ARCHS = ("SkylakeX", "Cooperlake", "SapphireRapids")
 SMALL_GEMM_MNK = 1_000_000
 
@@ -160,7 +162,7 @@ def rmatvec(out, U, w):
 
 # The triangular solves and R^-1 below update whole rows of length r (zeros outside the triangle make that exact):
 # a row operation is then one full-length vector loop, where the shortened rows of the textbook loops would run
-# mostly in scalar remainder code at r ~ 64 (at ~3x the element operations, still faster).
+# mostly in scalar remainder code at r ~ 64; the full rows do more element operations, all of them vectorised.
 
 @njit_poly
 def solve_factor(R, w):
