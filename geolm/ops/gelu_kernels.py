@@ -29,7 +29,10 @@ from .expsum import _C1, _C2, _HALF, _LOG2E, _ONE, _P0, _P1, _P2, _P3, _P4, _P5 
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
-PARALLEL_SIZE = 1 << 18  # entries from which the prange kernels are used (below, a parallel region costs more)
+# Entries from which the prange kernels are used. These kernels run between two GEMMs, while OpenBLAS's worker
+# threads still hold the cores: below this size a parallel region's hand-off costs more than a second core gives,
+# so a field block (FIELD_BLOCK x the f-MLP's hidden width) runs serially.
+PARALLEL_SIZE = 1 << 23
 
 _K1 = np.float32(-2.0 * GELU_C)  # -2u = x (K1 + K3 x^2)
 _K3 = np.float32(-2.0 * GELU_C * GELU_A)
