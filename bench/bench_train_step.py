@@ -20,7 +20,9 @@ and Adam are not counted):
 The time split runs each part's own forward / backward on the same shapes, in the proportion the step calls
 them (a field part costs 4S x (2 fwd + bwd)); the field's parts run the step's own block functions over its
 blocks of riemann_field.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
-clip, Adam, Python). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
+clip, Adam, Python). The in-situ split runs one more step under cProfile and charges each geolm function's
+own time (and that of the NumPy / built-in calls it makes) to the part its module belongs to: what each part costs inside the step, where
+it follows other parts' work (BLAS threads still spinning, caches holding other data). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
 dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
 field evaluation in float32 at N = 6144, one evaluation's live at a time in the backward). At --quick shapes the
 dense step also runs for real, so the estimate is checked against a measurement.
@@ -36,11 +38,13 @@ riemann.FieldWorkspace held over the steps (as training holds one) and with fres
 the workspace exists so that the U-MLP's large blocks are not new, first-touched memory at every evaluation.
 """
 import argparse
+import cProfile
 import dataclasses
 import gc
 import json
 import math
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -214,6 +218,70 @@ def part_times(sh, cfg, spec, theta, batch, ws, args):
     return wall, cpu, z, f
 
 
+# module -> part of the in-situ split (built-in functions are charged to their caller's module)
+SITU_PARTS = {"riemann_field.py": "field MLPs (GEMMs)", "metric.py": "metric solve", "metric_kernels.py": "metric solve",
+              "activations.py": "bias + GELU", "gelu_kernels.py": "bias + GELU", "ode.py": "RK4 combinations",
+              "optim.py": "clip + Adam"}
+SITU_ENCODER = ("transformer.py", "attention.py", "mlp.py", "linear.py", "layernorm.py", "losses.py", "riemann.py",
+                "embedding.py")
+
+
+def _situ_part(path):
+    name = os.path.basename(path)
+    return SITU_PARTS.get(name) or ("encoder + head" if name in SITU_ENCODER else "other")
+
+
+def in_situ_split(step):
+    """Run step() once under cProfile -> (wall seconds, {part: seconds}) by SITU_PARTS. A function outside geolm
+    (NumPy's Python layer, built-ins, threadpoolctl) is charged to the geolm functions that called it, in proportion
+    to the time each caller spent in it, up the call chain."""
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    step()
+    prof.disable()
+    wall = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats
+    memo = {}
+
+    def shares(func, seen=()):  # {part: fraction} of func's own time
+        if func in memo:
+            return memo[func]
+        path = func[0]
+        if os.sep + "geolm" + os.sep in path:
+            out = {_situ_part(path): 1.0}
+        else:
+            callers = stats[func][4] if func in stats else {}
+            total = sum(v[3] for v in callers.values())
+            out = {}
+            for c, v in callers.items():
+                if total <= 0 or c in seen or c == func:
+                    continue
+                for k, w in shares(c, seen + (func,)).items():
+                    out[k] = out.get(k, 0.0) + w * v[3] / total
+            out = out or {"other": 1.0}
+        memo[func] = out
+        return out
+
+    parts = {}
+    for func, (_, _, own, _, _) in stats.items():
+        for k, w in shares(func).items():
+            parts[k] = parts.get(k, 0.0) + own * w
+    return wall, parts
+
+
+def situ_report(wall, parts, per, peak):
+    """Table rows of the in-situ split, with each part's fraction of the peak where its GEMM FLOPs are counted."""
+    gf = {"field MLPs (GEMMs)": per.get("f_mlp", 0.0) + per.get("u_mlp", 0.0), "metric solve": per.get("metric", 0.0),
+          "encoder + head": per.get("encoder", 0.0) + per.get("head", 0.0)}
+    rows = []
+    for k, t in sorted(parts.items(), key=lambda kv: -kv[1]):
+        g = gf.get(k, 0.0) / 1e9
+        rows.append(dict(part=k, s_in_step=t, share_pct=100 * t / wall, gflop=g, gflops=g / t if t > 0 else 0.0,
+                         pct_peak=100 * g / t / peak if t > 0 and g else 0.0))
+    return rows
+
+
 def dense_metric_time(sh, cfg, spec, theta, z, f, args):
     """Dense vs Woodbury metric solve (fwd + bwd) on a token subset; validated; -> per-token seconds each."""
     n = min(args.dense_tokens, z.shape[0])
@@ -360,6 +428,12 @@ def time_step(sh, peak, args):
     harness.report(prow)
     rows += [dict(what=f"part {r['part']}", seconds=r["s_per_step"], gflop=r["gflop"], gflops=r["gflops"])
              for r in prow]
+    t_prof, situ = in_situ_split(lambda: train_step(theta, grad, adam, batch, cfg, spec, ws))
+    srow = situ_report(t_prof, situ, per, peak)
+    print(f"\nin-situ split (one step under cProfile: {t_prof:.3f} s; each function's own time charged to its part)")
+    harness.report(srow)
+    rows += [dict(what=f"in situ {r['part']}", seconds=r["s_in_step"], gflop=r["gflop"], gflops=r["gflops"])
+             for r in srow]
 
     dm = dense_metric_time(sh, cfg, spec, theta, z, f, args)
     dense_metric_step = dm["dense_s_per_token"] * N

@@ -60,3 +60,21 @@ def test_env_header_names_cpu_and_blas_environment(monkeypatch):
     assert "OPENBLAS_CORETYPE=Zen_test_value" in head
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     assert "OPENBLAS_CORETYPE" not in harness.blas_env()
+
+
+def test_in_situ_split_charges_numpy_calls_to_their_geolm_caller():
+    """The in-situ split of bench_train_step: time spent in NumPy's Python layer and built-ins (cholesky, einsum,
+    solves) under a geolm function is charged to that function's part; the parts add up to the profiled step."""
+    import numpy as np
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_train_step as bts
+    finally:
+        sys.path.remove(str(BENCH))
+    from geolm.ops.metric import metric_solve_ref
+    rng = np.random.default_rng(0)
+    U, f = rng.normal(size=(256, 8, 32)), rng.normal(size=(256, 32))
+    wall, parts = bts.in_situ_split(lambda: [metric_solve_ref(U, f, 0.1, 1.0) for _ in range(10)])
+    assert set(parts) <= set(bts.SITU_PARTS.values()) | {"encoder + head", "other"}
+    assert parts["metric solve"] > 0.9 * sum(parts.values()), parts
+    assert sum(parts.values()) <= 1.05 * wall
