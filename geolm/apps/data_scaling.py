@@ -103,7 +103,7 @@ def scaling(cfg, sizes=SIZES, extra_data=None, out=None, progress=True, comm=Non
     first = per[0][3]
     result = {"sizes": [n for _, n, _, _ in rows], "labels": [label for label, _, _, _ in rows],
               "extra": next((s["data"]["source"] for _, _, extra, s in per if extra), None),
-              "data": {k: first["data"].get(k) for k in ("source", "val_stories", "val_tokens", "vocab_size")},
+              "data": {k: first["data"].get(k) for k in ("val_stories", "val_tokens", "vocab_size")},
               "config": {"epochs": cfg.epochs, "model_lr": cfg.model_lr, "lr": cfg.lr, "batch_size": cfg.batch_size,
                          "dim": cfg.dim, "seed": cfg.seed, "tokenizer_stories": rows[0][3].tokenizer_stories},
               "models": models, "trend": f"log ppl ~ log stories over HF sizes >= {TREND_FROM}, at {TARGET}"}
@@ -114,22 +114,31 @@ def scaling(cfg, sizes=SIZES, extra_data=None, out=None, progress=True, comm=Non
 
 
 def write_plot(path, result):
-    """Validation perplexity against training stories (log-log) per model, the extra point hollow, the write-up's
-    20k figures as filled stars; second panel: the gap to the trigram."""
-    ppl, gap, stars, hollow = {}, {}, [], []
+    """Validation perplexity against training stories (log-log) per model, the extra point hollow, the trend to 20k
+    dashed, the write-up's 20k figures as filled stars; second panel: the same for the gap to the trigram."""
+    ppl, gap, trend_ppl, trend_gap, stars, hollow, gstars, ghollow = {}, {}, {}, {}, [], [], [], []
+    extra = ("+ GPT-4-only extra stories" if "gpt4" in str(result.get("extra")).lower() else "+ extra stories")
     for name, m in result["models"].items():
         hf = [p for p in m["points"] if not p[2].endswith("+extra")]
         ppl[name] = ([p[0] for p in hf], [p[1] for p in hf])
         g = [q for q in m["gap"] if not q[2].endswith("+extra")]
         gap[name] = ([q[0] for q in g], [q[1] for q in g])  # the trigram's own line is 1 (colours match panel 1)
-        hollow += [(p[0], p[1], "+ GPT-4-only extra stories" if "gpt4" in str(result.get("extra")).lower()
-                    else "+ extra stories", name) for p in m["points"] if p[2].endswith("+extra")]
+        hollow += [(p[0], p[1], extra, name) for p in m["points"] if p[2].endswith("+extra")]
+        ghollow += [(q[0], q[1], extra, name) for q in m["gap"] if q[2].endswith("+extra")]
+        if hf and finite(m.get("at_20k")):
+            trend_ppl[name] = ([hf[-1][0], TARGET], [hf[-1][1], m["at_20k"]])
+        if g and finite(m.get("gap_at_20k")):
+            trend_gap[name] = ([g[-1][0], TARGET], [g[-1][1], m["gap_at_20k"]])
         if finite(m.get("published_20k")):
             stars.append((TARGET, m["published_20k"], "write-up, 20k stories", name))
-    panels = [{"title": "validation perplexity (stars: write-up at 20k)", "series": ppl, "markers": stars,
-               "hollow": hollow, "logy": True, "logx": True, "xlabel": "training stories"},
-              {"title": "perplexity / trigram perplexity", "series": gap, "logx": True,
-               "xlabel": "training stories"}]
+        if finite(m.get("published_gap_20k")):
+            gstars.append((TARGET, m["published_gap_20k"], "write-up, 20k stories", name))
+    ticks = sorted({p[0] for m in result["models"].values() for p in m["points"]} | {TARGET})
+    common = {"logx": True, "xlabel": "training stories (dashed: trend to 20k)", "xticks": ticks}
+    panels = [dict(common, title="validation perplexity", series=ppl, dashed=trend_ppl, markers=stars,
+                   hollow=hollow, logy=True, legend=False),  # legend in panel 2
+              dict(common, title="perplexity / trigram perplexity", series=gap, dashed=trend_gap, markers=gstars,
+                   hollow=ghollow, legend="center")]
     plot_panels(panels, path, title="geometric LMs: data scaling (same tokenizer, validation set)", ncols=2)
 
 

@@ -224,9 +224,11 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note="", xlabel="ste
     """A grid of panels over one x axis -> PNG at `path`.
 
     panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label[, series])],
-    "hollow": [...], "logy": bool, "logx": bool, "xlabel": str}]: lines (a ys +- sds band where sds are given),
-    filled and hollow star markers (reference values; in the colour of the named series). vlines: [(x, label)] drawn in every panel. note: text in
-    the next free cell. Non-finite points are skipped; logy applies only when every drawn value is > 0 and they
+    "hollow": [...], "dashed": {series: (xs, ys)}, "logy": bool, "logx": bool, "xlabel": str, "xticks": [x],
+    "legend": matplotlib loc, or False for none}]: lines (a ys +- sds band where sds are given), filled and hollow star markers
+    (reference values; in the colour of the named series), dashed lines in a series' colour without a legend entry
+    (e.g. a trend), x ticks labelled at the given values (log axes: plain numbers). vlines: [(x, label)] drawn in
+    every panel. note: text in the next free cell. Non-finite points are skipped; logy applies only when every drawn value is > 0 and they
     span more than a factor 3.
     """
     plt = pyplot()
@@ -247,6 +249,11 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note="", xlabel="ste
                 bx, lo, hi = _band(xy[0], xy[1], xy[2], False)
                 if bx:
                     ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        for label, xy in pan.get("dashed", {}).items():
+            px, py = _finite_pairs(xy[0], xy[1])
+            if px:
+                ax.plot(px, py, ls="--", lw=1.0, color=colors.get(label, "0.4"))
+                drawn += py
         for key, face in (("markers", "k"), ("hollow", "none")):
             for x, y, label, *series in pan.get(key, ()):
                 if y is None or not math.isfinite(y):
@@ -265,12 +272,15 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note="", xlabel="ste
         ax.set_xlabel(pan.get("xlabel", xlabel), fontsize=8)
         if pan.get("logx"):
             ax.set_xscale("log")
+        if pan.get("xticks"):
+            ax.set_xticks(pan["xticks"], [f"{x:g}" for x in pan["xticks"]])
+            ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
-        if handles:
+        if handles and pan.get("legend", "best"):
             uniq = dict(zip(labels, handles))
-            ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="best", framealpha=0.5)
+            ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc=pan.get("legend", "best"), framealpha=0.5)
     rest = list(axes.flat)[len(panels):]
     for ax in rest:
         ax.set_axis_off()

@@ -91,3 +91,31 @@ def test_draw_semantic_map(tmp_path, rng):
     plots.draw_semantic_map(tmp_path / "nogrid.png", traj, labels, words, grid=None, dpi=60)
     lim = plots.plot_limits(traj, q=0.0)
     assert lim[0] < traj[..., 0].min() and lim[3] > traj[..., 1].max()
+
+
+def test_plot_panels_dashed_ticks_and_legend(tmp_path, monkeypatch):
+    """Dashed lines take their series' colour (grey without one), x ticks are labelled at the given values as plain
+    numbers, legend=False draws none."""
+    seen = {}
+    plt = plots.pyplot()
+    real_save = plots.save_figure
+
+    def keep(fig, path, dpi=120):
+        seen["axes"] = fig.axes
+        seen["lines"] = [[(ln.get_linestyle(), ln.get_color()) for ln in ax.get_lines()] for ax in fig.axes]
+        seen["ticks"] = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes]
+        seen["legend"] = [ax.get_legend() is not None for ax in fig.axes]
+        return real_save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    panels = [{"series": {"a": ([250, 1000], [100.0, 50.0])}, "dashed": {"a": ([1000, 20000], [50.0, 20.0]),
+                                                                        "nobody": ([1, 2], [3.0, 4.0])},
+               "logx": True, "xticks": [250, 1000, 20000], "legend": False},
+              {"series": {"b": ([1, 2], [1.0, 2.0])}}]
+    out = plots.plot_panels(panels, tmp_path / "p.png", ncols=2)
+    assert out == str(tmp_path / "p.png") and _is_png(tmp_path / "p.png")
+    solid, dashed, grey = seen["lines"][0]
+    assert solid[0] == "-" and dashed == ("--", solid[1]) and grey == ("--", "0.4")
+    assert seen["ticks"][0] == ["250", "1000", "20000"]
+    assert seen["legend"][:2] == [False, True]
+    plt.close("all")
