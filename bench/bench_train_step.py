@@ -33,6 +33,8 @@ one step after a warm-up on one sequence, minus the state held before the step (
 and the subprocess's peak resident set (maxrss: everything, the interpreter and the warm-up included).
     python bench/bench_train_step.py --mem-only --mem-steps 4,8,16 --mem-batch 8     # against RK4 steps
     python bench/bench_train_step.py --mem-only --mem-steps 4 --mem-batch 8,16,32    # against batch
+A/B of the bias + GELU kernels' paths inside the step (steps alternate in one process, the order flipped per pair):
+    python bench/bench_train_step.py --ab-gelu 3
 Page faults: minor page faults (getrusage ru_minflt) per steady-state step, in a fresh subprocess each, with a
 riemann.FieldWorkspace held over the steps (as training holds one) and with fresh allocations (workspace=None):
 the workspace exists so that the U-MLP's large blocks are not new, first-touched memory at every evaluation.
@@ -390,6 +392,35 @@ def memory_report(sh, mem):
     return mrows
 
 
+def gelu_ab(sh, pairs, args):
+    """Alternate training steps with the bias + GELU kernels serial at field-block size (the library's
+    gelu_kernels.PARALLEL_SIZE) and parallel at every size (PARALLEL_SIZE 0), in one process, `pairs` pairs, the
+    order flipped every pair -> {mode: [seconds]}."""
+    from geolm.ops import gelu_kernels
+    default = gelu_kernels.PARALLEL_SIZE
+    modes = {"serial at block size (default)": default, "parallel": 0}
+    cfg, spec, theta, grad, adam, batch = make_problem(sh)
+    ws = riemann.FieldWorkspace()
+    times = {m: [] for m in modes}
+    try:
+        for size in modes.values():  # warm-up of both paths (compiles)
+            gelu_kernels.PARALLEL_SIZE = size
+            train_step(theta, grad, adam, batch, cfg, spec, ws)
+        for i in range(pairs):
+            for m in (list(modes) if i % 2 == 0 else list(modes)[::-1]):
+                gelu_kernels.PARALLEL_SIZE = modes[m]
+                t = time.perf_counter()
+                train_step(theta, grad, adam, batch, cfg, spec, ws)
+                times[m].append(time.perf_counter() - t)
+    finally:
+        gelu_kernels.PARALLEL_SIZE = default
+    a, b = (np.array(v) for v in times.values())
+    print(f"bias + GELU A/B, {pairs} pairs of steps, alternating order: " + ", ".join(
+        f"{m} mean {np.mean(v):.3f} s ({' '.join(f'{x:.2f}' for x in v)})" for m, v in times.items())
+        + f"; paired difference (parallel - default) mean {np.mean(b - a):+.3f} s")
+    return times
+
+
 # ----------------------------------------------------------------------------- main
 
 def time_step(sh, peak, args):
@@ -469,6 +500,8 @@ def main(argv=None):
     ap.add_argument("--mem-only", action="store_true", help="run only the memory sweep")
     ap.add_argument("--faults-steps", type=int, default=3,
                     help="steady-state steps over which page faults are counted (0 to skip)")
+    ap.add_argument("--ab-gelu", type=int, default=0, metavar="PAIRS",
+                    help="run only an A/B of the GELU kernels' serial and parallel paths over PAIRS pairs of steps")
     ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--faults-child", choices=["workspace", "fresh"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
@@ -490,6 +523,8 @@ def main(argv=None):
         peak = harness.matmul_peak(np.float32)
         print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
     print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
+    if args.ab_gelu:
+        return harness.write_json(args, dict(shapes=sh, peak_gflops=peak, gelu_ab=gelu_ab(sh, args.ab_gelu, args)))
 
     rows, parts, dm, faults = [], {}, {}, {}
     if not args.mem_only:

@@ -78,3 +78,13 @@ def test_in_situ_split_charges_numpy_calls_to_their_geolm_caller():
     assert set(parts) <= set(bts.SITU_PARTS.values()) | {"encoder + head", "other"}
     assert parts["metric solve"] > 0.9 * sum(parts.values()), parts
     assert sum(parts.values()) <= 1.05 * wall
+
+
+def test_gelu_ab_quick(tmp_path):
+    out = tmp_path / "ab.json"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_train_step.py"), "--quick", "--ab-gelu", "1", "--json",
+                          str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+    ab = json.loads(out.read_text())["gelu_ab"]
+    assert sorted(len(v) for v in ab.values()) == [1, 1] and "parallel" in ab
