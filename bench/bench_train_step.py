@@ -21,10 +21,11 @@ The time split runs each part's own forward / backward on the same shapes, in th
 them (a field part costs 4S x (2 fwd + bwd)); the field's parts run the step's own block functions over its
 blocks of riemann_field.FIELD_BLOCK tokens; "other" = step - sum of parts (RK4 axpys, embeddings, LayerNorm,
 clip, Adam, Python). The in-situ split runs one more step under cProfile and charges each geolm function's
-own time (and that of the NumPy / built-in calls it makes) to the part its module belongs to: what each part costs inside the step, where
-it follows other parts' work (BLAS threads still spinning, caches holding other data). The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the
-dense solve being timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per
-field evaluation in float32 at N = 6144, one evaluation's live at a time in the backward). At --quick shapes the
+own time (and that of the NumPy / built-in calls it makes) to the part its module belongs to: what each part costs
+inside the step, where it follows other parts' work (BLAS threads still spinning, caches holding other data).
+The dense step is estimated: Woodbury step - Woodbury metric part + dense metric part, the dense solve being
+timed on --dense-tokens tokens and scaled linearly to N (the dense g is N x D x D: 3.6 GB per field evaluation in
+float32 at N = 6144, one evaluation's live at a time in the backward). At --quick shapes the
 dense step also runs for real, so the estimate is checked against a measurement.
 On a shared machine wall time depends on what else runs; the CPU-time columns (process time of all threads,
 against the GEMM's GFLOP per CPU-second) measure efficiency without that noise (spinning BLAS threads count).
@@ -220,10 +221,10 @@ def part_times(sh, cfg, spec, theta, batch, ws, args):
     return wall, cpu, z, f
 
 
-# module -> part of the in-situ split (built-in functions are charged to their caller's module)
-SITU_PARTS = {"riemann_field.py": "field MLPs (GEMMs)", "metric.py": "metric solve", "metric_kernels.py": "metric solve",
-              "activations.py": "bias + GELU", "gelu_kernels.py": "bias + GELU", "ode.py": "RK4 combinations",
-              "optim.py": "clip + Adam"}
+# module -> part of the in-situ split (functions outside geolm are charged to their geolm callers)
+SITU_PARTS = {"riemann_field.py": "field MLPs (GEMMs)", "metric.py": "metric solve",
+              "metric_kernels.py": "metric solve", "activations.py": "bias + GELU", "gelu_kernels.py": "bias + GELU",
+              "ode.py": "RK4 combinations", "optim.py": "clip + Adam"}
 SITU_ENCODER = ("transformer.py", "attention.py", "mlp.py", "linear.py", "layernorm.py", "losses.py", "riemann.py",
                 "embedding.py")
 
@@ -392,7 +393,7 @@ def memory_report(sh, mem):
     return mrows
 
 
-def gelu_ab(sh, pairs, args):
+def gelu_ab(sh, pairs):
     """Alternate training steps with the bias + GELU kernels serial at field-block size (the library's
     gelu_kernels.PARALLEL_SIZE) and parallel at every size (PARALLEL_SIZE 0), in one process, `pairs` pairs, the
     order flipped every pair -> {mode: [seconds]}."""
@@ -506,6 +507,8 @@ def main(argv=None):
     ap.add_argument("--faults-child", choices=["workspace", "fresh"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ab_gelu < 0:
+        ap.error(f"--ab-gelu: needs a number of step pairs >= 1 (0 = no A/B); got {args.ab_gelu}")
     if args.threads:
         from geolm.training.distributed import configure_threads
         configure_threads(args.threads)
@@ -524,7 +527,7 @@ def main(argv=None):
         print(f"float32 matmul peak (measured): {peak:.1f} GFLOP/s")
     print("shapes: " + ", ".join(f"{k}={v}" for k, v in sh.items()) + f", N={N} tokens, float32")
     if args.ab_gelu:
-        return harness.write_json(args, dict(shapes=sh, peak_gflops=peak, gelu_ab=gelu_ab(sh, args.ab_gelu, args)))
+        return harness.write_json(args, dict(shapes=sh, peak_gflops=peak, gelu_ab=gelu_ab(sh, args.ab_gelu)))
 
     rows, parts, dm, faults = [], {}, {}, {}
     if not args.mem_only:

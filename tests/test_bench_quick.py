@@ -88,3 +88,9 @@ def test_gelu_ab_quick(tmp_path):
     import json
     ab = json.loads(out.read_text())["gelu_ab"]
     assert sorted(len(v) for v in ab.values()) == [1, 1] and "parallel" in ab
+
+
+def test_gelu_ab_bad_value():
+    res = subprocess.run([sys.executable, str(BENCH / "bench_train_step.py"), "--quick", "--ab-gelu", "-1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--ab-gelu" in res.stderr and "Traceback" not in res.stderr

@@ -225,11 +225,11 @@ def plot_panels(panels, path, vlines=(), title="", ncols=3, note="", xlabel="ste
 
     panels: [{"title": str, "series": {label: (xs, ys) or (xs, ys, sds)}, "markers": [(x, y, label[, series])],
     "hollow": [...], "dashed": {series: (xs, ys)}, "logy": bool, "logx": bool, "xlabel": str, "xticks": [x],
-    "legend": matplotlib loc, or False for none}]: lines (a ys +- sds band where sds are given), filled and hollow star markers
-    (reference values; in the colour of the named series), dashed lines in a series' colour without a legend entry
-    (e.g. a trend), x ticks labelled at the given values (log axes: plain numbers). vlines: [(x, label)] drawn in
-    every panel. note: text in the next free cell. Non-finite points are skipped; logy applies only when every drawn value is > 0 and they
-    span more than a factor 3.
+    "legend": matplotlib loc, or False for none}]: lines (a ys +- sds band where sds are given), filled and hollow
+    star markers (reference values; in the colour of the named series), dashed lines in a series' colour without a
+    legend entry (e.g. a trend), x ticks labelled at the given values (log axes: plain numbers). vlines: [(x, label)]
+    drawn in every panel. note: text in the next free cell. Non-finite points are skipped; logy applies only when
+    every drawn value is > 0 and they span more than a factor 3.
     """
     plt = pyplot()
     n = len(panels) + bool(note)
