@@ -7,6 +7,8 @@ resumable command.
                                     + HELDOUT stories after the training ones), so that the best cell is chosen
                                     without reading validation
     DIR/best/seed<k>                the best cell (lowest held-out perplexity) at every seed, on validation
+                                    (the learned control's runs stand for it when the best cell is its
+                                    configuration: same settings, same seeds, the same runs)
     DIR/controls.json               per run: val ppl, steps, s/step; per control: mean +- sd; the comparisons
 
 Controls (CONTROLS): the learned low-rank metric (the configuration as given), lambda_metric 0, g = I
@@ -115,6 +117,13 @@ def run_job(job, config_file=None, progress=True, say=print):
     return run(*configs, progress=progress, config_file=config_file)
 
 
+def same_run(a, b, config_file=None):
+    """True when two override sets resolve to the same model, training and run settings (the output aside): the
+    runs would be identical, so one can stand for the other."""
+    ca, cb = (resolve_configs(dict(o, output="-"), config_file=config_file) for o in (a, b))
+    return ca == cb
+
+
 def mean_sd(values):
     v = [float(x) for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
     if not v:
@@ -168,8 +177,15 @@ def run_all(table, cells, base, output, config_file=None, progress=True, say=pri
             runs = [Job("best", best, s, out / "best" / f"seed{s}", dict(base, rank=sweep[best]["rank"],
                                                                         eps=sweep[best]["eps"], seed=s))
                     for s in seeds]
-            rows["best_cell"] = _row([dict(run_job(j, config_file, progress, say), _seed=j.seed) for j in runs])
-            rows["best_cell"]["label"] = f"learned, best sweep cell {best} (chosen on held-out stories)"
+            label = f"learned, best sweep cell {best} (chosen on held-out stories)"
+            twin = [j for j in table if j.name == "learned"]
+            if "learned" in rows and [j.seed for j in twin] == seeds and all(
+                    same_run(a.overrides, b.overrides, config_file) for a, b in zip(runs, twin)):
+                say(f"best cell {best} is the learned control's configuration: its runs are reused")
+                rows["best_cell"] = dict(rows["learned"], label=label + " = the learned control's runs")
+            else:
+                rows["best_cell"] = _row([dict(run_job(j, config_file, progress, say), _seed=j.seed) for j in runs])
+                rows["best_cell"]["label"] = label
     ref = rows.get("alpha0")
     if ref is not None:
         result["vs_alpha0"] = {c: compare(r, ref) for c, r in rows.items() if c != "alpha0"}

@@ -61,6 +61,26 @@ def test_the_sweep_is_scored_on_heldout_training_stories_and_its_best_cell_runs_
     assert "within noise" in RC.format_result(res) or "beyond noise" in RC.format_result(res)
 
 
+def test_a_best_cell_equal_to_the_learned_control_reuses_its_runs(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(job, config_file=None, progress=True, say=print):
+        calls.append(job)
+        if job.group == "sweep":
+            return {"val_ppl": 5.0 if job.name == "r4_eps0.1" else 9.0, "steps": 3}
+        return {"val_ppl": 10.0 + job.seed, "steps": 3}
+
+    monkeypatch.setattr(RC, "run_job", fake)
+    table, cells, base = RC.plan({"data": "builtin", "dim": 8, "rank": 4, "eps": 0.1, "max_train_stories": 30},
+                                 "0,1", controls=("learned", "alpha0"), output=str(tmp_path))
+    res = RC.run_all(table, cells, base, tmp_path, say=lambda *a: None)
+    assert res["sweep"]["best"] == "r4_eps0.1" and not [j for j in calls if j.group == "best"]
+    assert res["controls"]["best_cell"]["mean"] == res["controls"]["learned"]["mean"] == 10.5
+    assert "learned control's runs" in res["controls"]["best_cell"]["label"]
+    assert RC.same_run(dict(base, rank=4, seed=1), dict(base, seed=1))
+    assert not RC.same_run(dict(base, rank=1, seed=1), dict(base, seed=1))
+
+
 def test_quick_script_runs_resumes_and_refuses_a_control_flag(tmp_path):
     env = {**os.environ, "GEOLM_MPI": "0"}
     args = [sys.executable, str(SCRIPT), "--quick", "--seeds", "0,1", "--controls", "alpha0", "--no-sweep",
