@@ -1,7 +1,7 @@
 """Semantic map of a trained Riemannian ODE LM: trajectories, endpoint tokens by word class, log det g backdrop.
 
     python examples/semantic_map.py --checkpoint runs/riemann [--control-checkpoint runs/identity] \
-        [--n 200 --output semantic_map.png --data PATH --val-data PATH]
+        [--n 200 --label-by predicted|target --output semantic_map.png --data PATH --val-data PATH]
 
 Prints, in the full dimension (never on the 2-D picture), for z_T and z_0 of the model and, with
 --control-checkpoint (a --metric identity run on the same data), of the g = I control: per word class (noun, verb,
@@ -35,6 +35,9 @@ def _parser():
     ap.add_argument("--max-train", dest="max_train", type=int, help=argparse.SUPPRESS)  # older spellings
     ap.add_argument("--max-val", dest="max_val", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--lexicon", default=None, help="word<TAB>noun|verb file (default: shipped lexicon)")
+    ap.add_argument("--label-by", choices=semantic.LABEL_BY, default="predicted",
+                    help="class each point by the token the model predicts at z_T (default) or by the true next "
+                         "token (the same classes for the model and the control)")
     ap.add_argument("--k", type=int, default=10, help="neighbours for k-NN purity")
     ap.add_argument("--dpi", type=int, default=220, help="PNG resolution")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -57,13 +60,13 @@ def main(argv=None):
     stories, source = validation_stories(ck, tok, args.data, args.val_data, args.max_train, args.max_val)
     lex = semantic.load_lexicon(args.lexicon)
     res = semantic.semantic_map(theta, cfg, spec, tok, stories, path=args.output, n=args.n, seed=args.seed,
-                                lexicon=lex, control=control, k=args.k, dpi=args.dpi)
+                                lexicon=lex, control=control, k=args.k, dpi=args.dpi, label_by=args.label_by)
     for name, meas in res["classes"].items():
         print(semantic.format_classes(meas, title=name) + "\n")
     print(semantic.format_stats(res["stats"]))
     print(f"wrote {res['png']}; data: {source}")
     if args.json:
-        keys = ("n", "counts", "control_counts", "classes", "stats")
+        keys = ("n", "label_by", "counts", "control_counts", "classes", "stats")
         write_json(args.json, dict({k: res[k] for k in keys if k in res}, checkpoint=str(ck.path), data=source,
                                    control_checkpoint=args.control_checkpoint, seed=args.seed, k=args.k), indent=1)
         print(f"wrote {args.json}")

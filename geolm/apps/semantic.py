@@ -2,9 +2,10 @@
 
 N points · D model dim · S ODE steps · C classes · G grid side
 
-Labels. The endpoint token of a trajectory is the head's argmax at z_T; its decoded BPE string is stripped
-and lowercased and looked up in a shipped lexicon (geolm/data/lexicon.txt, `word<TAB>noun|verb`), giving
-noun / verb / end (the end-of-story token) / other.
+Labels. The endpoint token of a trajectory is the head's argmax at z_T (label_by "predicted") or the true next
+token at its position (label_by "target": the same classes for the model and its control); its decoded BPE
+string is stripped and lowercased and looked up in a shipped lexicon (geolm/data/lexicon.txt,
+`word<TAB>noun|verb`), giving noun / verb / end (the end-of-story token) / other.
 
 Projection (for the picture only). PCA of the endpoints: Zc = Z - mean, Zc = U S V^T (numpy SVD),
 coords = Zc V[:2]^T. Trajectories (their step-boundary states) are projected on the same plane. The
@@ -24,8 +25,8 @@ Per class c (noun / verb / end / other), for z_T and z_0 (class_measures):
                 RMS distance of the class's points to mu_c; its chance level is the mean over random relabellings
                 with the same class sizes (a small class's centroid is off by noise alone)
 A class with no point has no mean and no isolation, one point has no sd and no isolation (noted, never an error).
-Caveat: endpoints are labelled by the token the linear head reads off z_T, so some separation of z_T by
-class is built in by the readout itself; the g = I control (same statistics, --metric identity run) and
+Caveat: labelled by prediction, endpoints are classed by the token the linear head reads off z_T, so some
+separation of z_T by class is built in by the readout itself (label_by "target" removes that); the g = I control (same statistics, --metric identity run) and
 z_0 are the comparisons that make a "basins carved by the metric" claim testable.
 """
 import os
@@ -35,8 +36,8 @@ import numpy as np
 
 from ..core.errors import ConfigError, DataError
 from .plots import draw_semantic_map, plot_limits
-from .trajectories import (context_batch, logdet_landscape, metric_note, point_logdet, run_trajectories,
-                           sample_positions)
+from .trajectories import (context_batch, logdet_landscape, metric_note, next_tokens, point_logdet,
+                           run_trajectories, sample_positions)
 
 CLASSES = ("noun", "verb", "end", "other")
 EOS_STRINGS = frozenset({"<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[eos]"})
@@ -370,36 +371,46 @@ def label_tokens(tok, pred, lexicon):
     return words, np.array(labels)
 
 
-def _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k):
-    """Trajectories of one model at the sampled positions, labelled by its own endpoint predictions."""
+def _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k, targets=None):
+    """Trajectories of one model at the sampled positions, labelled by its own endpoint predictions or, given
+    targets [n], by the true next tokens (the same labels for every model)."""
     ids, col = context_batch(stories, si, pos, cfg.seq_len, tok.eos_id)
     run = run_trajectories(theta, cfg, spec, ids, col)
-    words, labels = label_tokens(tok, run["pred"], lexicon)
+    words, labels = label_tokens(tok, run["pred"] if targets is None else targets, lexicon)
     pts = {"z_T": run["zT"], "z_0": run["z0"]}
     logdet = {name: point_logdet(theta, cfg, spec, Z) for name, Z in pts.items()}
     return run, words, labels, class_measures(pts, labels, logdet, metric_note(cfg), k=k)
 
 
+LABEL_BY = ("predicted", "target")
+
+
 def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
-                 k=10, grid_n=48, dpi=220, title=""):
+                 k=10, grid_n=48, dpi=220, title="", label_by="predicted"):
     """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
     full-dimension statistics and (if path) draw the map.
 
     stories: list of model-id int arrays; tok: .decode(ids), .eos_id (also the right padding); control: optional
-    (theta, cfg, spec) of the g = I run, sampled at the same positions and labelled by its own predictions.
+    (theta, cfg, spec) of the g = I run, sampled at the same positions. label_by "predicted": each model's points
+    are classed by the token its head predicts at z_T (the write-up's reading of a map); "target": by the true next
+    token, so the model and the control are compared on the same classes of the same points.
     Returns dict(stats={name: endpoint_stats}, classes={"model": class_measures, "control": ...},
-    counts={class: n}, control_counts, words, labels, png, n).
+    counts={class: n}, control_counts, words, labels, png, n, label_by).
     """
+    if label_by not in LABEL_BY:
+        raise ConfigError(f"label_by {label_by!r}: choose one of {', '.join(LABEL_BY)}")
     lexicon = load_lexicon() if lexicon is None else lexicon
     si, pos = sample_positions(stories, n, seed=seed)
-    run, words, labels, meas = _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k)
+    targets = next_tokens(stories, si, pos, tok.eos_id) if label_by == "target" else None
+    run, words, labels, meas = _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k, targets)
     stats = {name: meas[base][view] for base in ("z_T", "z_0") for name, view in ((base, "no_other"),
                                                                                    (base + "/all", "all"))}
-    out = {"n": int(n), "counts": meas["counts"], "words": words, "labels": labels.tolist(), "png": None,
+    out = {"n": int(n), "label_by": label_by, "counts": meas["counts"], "words": words, "labels": labels.tolist(),
+           "png": None,
            "classes": {"model": meas}}
     if control is not None:
         c_theta, c_cfg, c_spec = control
-        _, _, _, c_meas = _measure(c_theta, c_cfg, c_spec, tok, stories, si, pos, lexicon, k)
+        _, _, _, c_meas = _measure(c_theta, c_cfg, c_spec, tok, stories, si, pos, lexicon, k, targets)
         stats.update({"control " + name: c_meas[base][view] for base in ("z_T", "z_0")
                       for name, view in ((base, "no_other"), (base + "/all", "all"))})
         out["control_counts"] = c_meas["counts"]

@@ -51,6 +51,13 @@ def sample_positions(stories, n, seed=0, end_frac=0.125):
     return np.concatenate([si_end, si]).astype(np.int64), np.concatenate([pos_end, pos]).astype(np.int64)
 
 
+def next_tokens(stories, story_idx, pos, eos_id):
+    """The token that follows each sampled position: stories[s][t + 1], or eos_id after a story's last token.
+    -> [n] int64."""
+    return np.array([int(stories[s][t + 1]) if t + 1 < len(stories[s]) else int(eos_id)
+                     for s, t in zip(story_idx, pos)], dtype=np.int64)
+
+
 def context_batch(stories, story_idx, pos, T, pad_id):
     """Causal windows: row i holds up to T tokens of story story_idx[i] that include pos[i], right-padded with
     pad_id (any id inside the embedding table: a causal encoder never reads later positions for earlier ones).

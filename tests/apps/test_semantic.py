@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geolm.apps import semantic
+from geolm.apps import semantic, trajectories
 from geolm.apps.riemann_run import run as run_riemann
 from geolm.apps.riemann_settings import resolve_configs
 from geolm.core.errors import ConfigError, DataError
@@ -205,6 +205,21 @@ def test_semantic_map_end_to_end(tmp_path, rng):
     assert m["z_T"]["all"] == res["stats"]["z_T/all"] and c["z_0"]["all"] == res["stats"]["control z_0/all"]
 
 
+def test_semantic_map_label_by_target_gives_model_and_control_the_same_classes(rng):
+    theta, cfg, spec = _tiny_model(rng)
+    ctrl = _tiny_model(rng, metric="identity")
+    tok, st = _FakeTok(40), _stories(rng)
+    res = semantic.semantic_map(theta, cfg, spec, tok, st, n=40, seed=3, control=ctrl, k=3, label_by="target")
+    si, pos = trajectories.sample_positions(st, 40, seed=3)
+    want = semantic.label_tokens(tok, trajectories.next_tokens(st, si, pos, tok.eos_id), semantic.load_lexicon())[1]
+    assert res["labels"] == want.tolist() and res["label_by"] == "target"
+    assert res["counts"] == res["control_counts"] and res["counts"]["end"] >= 5  # round(40 / 8) story ends
+    pred = semantic.semantic_map(theta, cfg, spec, tok, st, n=40, seed=3, k=3)
+    assert pred["label_by"] == "predicted" and pred["labels"] != res["labels"]
+    with pytest.raises(ConfigError, match="label_by 'next'"):
+        semantic.semantic_map(theta, cfg, spec, tok, st, n=4, label_by="next")
+
+
 def test_semantic_map_no_ode_control(tmp_path, rng):
     theta, cfg, spec = _tiny_model(rng, no_ode=True)
     res = semantic.semantic_map(theta, cfg, spec, _FakeTok(40), _stories(rng), path=tmp_path / "n.png", n=12,
@@ -217,7 +232,6 @@ def test_semantic_map_no_ode_control(tmp_path, rng):
 
 def test_semantic_map_logdet_matches_landscape(rng):
     theta, cfg, spec = _tiny_model(rng)
-    from geolm.apps import trajectories
     st = _stories(rng)
     res = semantic.semantic_map(theta, cfg, spec, _FakeTok(40), st, n=20, seed=2, k=3)
     si, pos = trajectories.sample_positions(st, 20, seed=2)
@@ -248,6 +262,9 @@ def test_example_bad_checkpoint_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, str(ex), "--checkpoint", str(bad), "--n", "1"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "--n" in r.stderr
+    r = subprocess.run([sys.executable, str(ex), "--checkpoint", str(bad), "--label-by", "next"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--label-by" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- per-class measures (issue 16 item 6)

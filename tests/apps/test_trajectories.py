@@ -27,6 +27,15 @@ def test_sample_positions_and_context(rng):
         trajectories.sample_positions([np.zeros(0, np.int32)], 5)
 
 
+def test_next_tokens_reads_the_following_token_and_eos_after_the_last(rng):
+    st = _stories(rng)
+    si, pos = trajectories.sample_positions(st, 40, seed=3)
+    nxt = trajectories.next_tokens(st, si, pos, eos_id=39)
+    for s, p, t in zip(si, pos, nxt):
+        assert t == (st[s][p + 1] if p + 1 < len(st[s]) else 39)
+    assert np.all(nxt[:5] == 39) and np.any(nxt[5:] != 39)  # the end stratum is followed by the end token
+
+
 def test_run_trajectories_matches_full_forward(rng):
     theta, cfg, spec = _tiny_model(rng)
     ids = rng.integers(0, 37, size=(3, 16)).astype(np.int32)
