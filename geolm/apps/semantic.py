@@ -26,8 +26,9 @@ Per class c (noun / verb / end / other), for z_T and z_0 (class_measures):
                 with the same class sizes (a small class's centroid is off by noise alone)
 A class with no point has no mean and no isolation, one point has no sd and no isolation (noted, never an error).
 Caveat: labelled by prediction, endpoints are classed by the token the linear head reads off z_T, so some
-separation of z_T by class is built in by the readout itself (label_by "target" removes that); the g = I control (same statistics, --metric identity run) and
-z_0 are the comparisons that make a "basins carved by the metric" claim testable.
+separation of z_T by class is built in by the readout itself (label_by "target" removes that); the g = I control
+(same statistics, --metric identity run) and z_0 are the comparisons that make a "basins carved by the metric"
+claim testable.
 """
 import os
 from importlib import resources
