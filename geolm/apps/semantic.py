@@ -41,6 +41,7 @@ from .trajectories import (context_batch, logdet_landscape, metric_note, next_to
                            run_trajectories, sample_positions)
 
 CLASSES = ("noun", "verb", "end", "other")
+LABEL_BY = ("predicted", "target")  # what classes a point: its head's argmax at z_T, or the true next token
 EOS_STRINGS = frozenset({"<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[eos]"})
 
 
@@ -383,9 +384,6 @@ def _measure(theta, cfg, spec, tok, stories, si, pos, lexicon, k, targets=None):
     return run, words, labels, class_measures(pts, labels, logdet, metric_note(cfg), k=k)
 
 
-LABEL_BY = ("predicted", "target")
-
-
 def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexicon=None, control=None,
                  k=10, grid_n=48, dpi=220, title="", label_by="predicted"):
     """Sample n trajectories of a Riemannian model on validation stories, label their endpoints, compute
@@ -407,8 +405,7 @@ def semantic_map(theta, cfg, spec, tok, stories, path=None, n=200, seed=0, lexic
     stats = {name: meas[base][view] for base in ("z_T", "z_0") for name, view in ((base, "no_other"),
                                                                                    (base + "/all", "all"))}
     out = {"n": int(n), "label_by": label_by, "counts": meas["counts"], "words": words, "labels": labels.tolist(),
-           "png": None,
-           "classes": {"model": meas}}
+           "png": None, "classes": {"model": meas}}
     if control is not None:
         c_theta, c_cfg, c_spec = control
         _, _, _, c_meas = _measure(c_theta, c_cfg, c_spec, tok, stories, si, pos, lexicon, k, targets)
